@@ -1,0 +1,150 @@
+"""Latent -> image decoders for per-step previews, and the final full-VAE decode.
+
+Every preview decoder has one signature, `decoder(latents) -> list[PIL.Image]`, with latents in the UNet's
+space, (B, 4, H/f, W/f), and images at most `max_size` px on their longer side. Feed them
+`StepEvent.pred_x0` (the clean-image estimate) or `StepEvent.latents` (the noisy state).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import torch
+from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionXLPipeline
+from PIL import Image
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+PREVIEW_MAX_SIZE = 512
+TAESDXL_REPO = "madebyollin/taesdxl"
+PREVIEW_DECODERS: tuple[str, ...] = ("vae", "tiny", "linear")
+
+# SDXL latent -> RGB projection, a least-squares fit of decoded colours against latent channels, taken from
+# ComfyUI's comfy/latent_formats.py (class SDXL). ComfyUI applies it to latents in the UNet's (scaled) space,
+# as we do, and reads the result in [-1, 1].
+SDXL_LATENT_RGB_FACTORS = (
+    # R        G        B
+    (0.3651, 0.4232, 0.4341),
+    (-0.2533, -0.0042, 0.1068),
+    (0.1076, 0.1111, -0.0362),
+    (-0.3165, -0.2492, -0.2188),
+)
+SDXL_LATENT_RGB_BIAS = (0.1084, -0.0175, -0.0011)
+
+
+class PreviewDecoder(Protocol):
+    def __call__(self, latents: Tensor) -> list[Image.Image]: ...
+
+
+def to_pil(images: Tensor, max_size: int | None = None) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> PIL images, shrunk to fit `max_size` (aspect ratio kept)."""
+    array = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    array = array.permute(0, 2, 3, 1).cpu().numpy()
+    pils = [Image.fromarray(a) for a in array]
+    if max_size is not None:
+        for pil in pils:
+            pil.thumbnail((max_size, max_size), Image.Resampling.BILINEAR)
+    return pils
+
+
+@torch.no_grad()
+def vae_decode(vae: AutoencoderKL, latents: Tensor) -> Tensor:
+    """UNet latents -> images in [-1, 1], exactly as `StableDiffusionXLPipeline.__call__` decodes them.
+
+    SDXL's VAE overflows in fp16 (its config sets `force_upcast`), so diffusers runs it in fp32. We upcast
+    once and leave it there rather than toggling dtypes, which would race between concurrent runs.
+    """
+    if vae.dtype == torch.float16 and vae.config.force_upcast:
+        vae.to(dtype=torch.float32)
+    latents = latents.to(device=vae.device, dtype=vae.dtype)
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean).view(1, 4, 1, 1).to(latents)
+        std = torch.tensor(std).view(1, 4, 1, 1).to(latents)
+        latents = latents * std / vae.config.scaling_factor + mean
+    else:
+        latents = latents / vae.config.scaling_factor
+    return vae.decode(latents, return_dict=False)[0]
+
+
+def final_images(pipe: StableDiffusionXLPipeline, latents: Tensor) -> list[Image.Image]:
+    """Full-size final images, through diffusers' own watermark and post-processing."""
+    images = vae_decode(pipe.vae, latents)
+    if getattr(pipe, "watermark", None) is not None:
+        images = pipe.watermark.apply_watermark(images)
+    return pipe.image_processor.postprocess(images, output_type="pil")
+
+
+class VaePreview:
+    """The full VAE: exact colours and detail, and the most expensive preview."""
+
+    def __init__(self, vae: AutoencoderKL, max_size: int = PREVIEW_MAX_SIZE) -> None:
+        self.vae, self.max_size = vae, max_size
+
+    def __call__(self, latents: Tensor) -> list[Image.Image]:
+        return to_pil(vae_decode(self.vae, latents), self.max_size)
+
+
+class TinyPreview:
+    """TAESD (Bohan Ollin Boer): a distilled decoder, about 11 times cheaper than SDXL's VAE on CPU.
+
+    Its `scaling_factor` is 1.0 and it was trained on UNet-space latents, so they go in unscaled.
+    """
+
+    def __init__(self, taesd: AutoencoderTiny, max_size: int = PREVIEW_MAX_SIZE) -> None:
+        self.taesd, self.max_size = taesd, max_size
+
+    @torch.no_grad()
+    def __call__(self, latents: Tensor) -> list[Image.Image]:
+        param = next(self.taesd.parameters())
+        images = self.taesd.decode(latents.to(device=param.device, dtype=param.dtype), return_dict=False)[0]
+        return to_pil(images, self.max_size)
+
+
+class LinearPreview:
+    """A per-pixel linear map of the 4 latent channels to RGB: almost free, blurry (one pixel per latent)."""
+
+    def __init__(
+        self,
+        factors: tuple[tuple[float, ...], ...] = SDXL_LATENT_RGB_FACTORS,
+        bias: tuple[float, ...] = SDXL_LATENT_RGB_BIAS,
+        max_size: int = PREVIEW_MAX_SIZE,
+        scale_factor: int = 8,
+    ) -> None:
+        self.weight = torch.tensor(factors).T  # (3, 4), as torch.nn.functional.linear wants it
+        self.bias = torch.tensor(bias)
+        self.max_size, self.scale_factor = max_size, scale_factor
+
+    @torch.no_grad()
+    def __call__(self, latents: Tensor) -> list[Image.Image]:
+        rgb = torch.nn.functional.linear(latents.float().movedim(1, -1), self.weight.to(latents.device), self.bias.to(latents.device))
+        images = to_pil(rgb.movedim(-1, 1))
+        # One pixel per latent: upscale to the size the VAE would give (capped), so every decoder shows the
+        # same geometry.
+        return [self._fit(img) for img in images]
+
+    def _fit(self, image: Image.Image) -> Image.Image:
+        scale = min(self.scale_factor, self.max_size / max(image.size))
+        return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
+
+
+def load_taesdxl(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> AutoencoderTiny:
+    """The TAESD decoder for SDXL (`madebyollin/taesdxl`), from the local cache or the hub."""
+    return AutoencoderTiny.from_pretrained(TAESDXL_REPO, torch_dtype=dtype).to(device)
+
+
+def make_preview_decoder(
+    name: str, pipe: StableDiffusionXLPipeline, taesd: AutoencoderTiny | None = None, max_size: int = PREVIEW_MAX_SIZE
+) -> PreviewDecoder:
+    """Build the decoder called `name` ("vae", "tiny" or "linear") for `pipe`."""
+    if name == "vae":
+        return VaePreview(pipe.vae, max_size)
+    if name == "tiny":
+        if taesd is None:
+            raise ValueError("preview: the tiny autoencoder is not loaded; pass `taesd` or pick 'vae' or 'linear'")
+        return TinyPreview(taesd, max_size)
+    if name == "linear":
+        return LinearPreview(max_size=max_size, scale_factor=pipe.vae_scale_factor)
+    raise ValueError(f"preview: must be one of {', '.join(PREVIEW_DECODERS)}, got {name!r}")
