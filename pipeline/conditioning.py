@@ -81,7 +81,7 @@ def truncations(pipe: StableDiffusionXLPipeline, **texts: str) -> list[Truncatio
         if not second and not texts.get(f"{field}_2"):
             encoders.append(("text_encoder_2", pipe.tokenizer_2))
         for encoder, tokenizer in encoders:
-            ids = tokenizer(text, truncation=False).input_ids  # with begin and end tokens
+            ids = tokenizer(text, truncation=False, verbose=False).input_ids  # with begin and end tokens
             limit = tokenizer.model_max_length
             if len(ids) > limit:
                 dropped = ids[limit - 1 : -1]  # the last kept slot holds the end token

@@ -1,0 +1,127 @@
+"""Guidance identities, and the promise that single-prediction modes run one UNet pass per step."""
+
+import pytest
+import torch
+
+from pipeline import GenerationRequest, apply_guidance, cfg, cond_only, generate, required_predictions, reversed_cfg, uncond_only
+from pipeline.guidance import guidance_stats
+
+ATOL = 1e-6  # float32 round-off of a few multiply-adds on values of order 1
+
+
+@pytest.fixture
+def preds():
+    g = torch.Generator().manual_seed(0)
+    cond = torch.randn(2, 4, 8, 12, generator=g)
+    uncond = torch.randn(2, 4, 8, 12, generator=g)
+    return cond, uncond
+
+
+def test_cfg_scale_one_gives_cond(preds):
+    cond, uncond = preds
+    torch.testing.assert_close(cfg(cond, uncond, 1.0), cond, atol=ATOL, rtol=0)
+
+
+def test_cfg_scale_zero_gives_uncond(preds):
+    cond, uncond = preds
+    torch.testing.assert_close(cfg(cond, uncond, 0.0), uncond, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("fn", [cfg, reversed_cfg])
+@pytest.mark.parametrize("scale", [0.0, 1.0, 7.5])
+def test_equal_predictions_give_cond(preds, fn, scale):
+    cond, _ = preds
+    torch.testing.assert_close(fn(cond, cond.clone(), scale), cond, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 7.5])
+def test_reversed_equals_swapped_cfg_at_one_plus_s(preds, scale):
+    cond, uncond = preds
+    swapped = cfg(uncond, cond, 1.0 + scale)  # the baseline plays "cond", the prompt plays "uncond"
+    torch.testing.assert_close(reversed_cfg(cond, uncond, scale), swapped, atol=1e-5, rtol=0)
+
+
+def test_reversed_is_cfg_mirrored(preds):
+    cond, uncond = preds
+    # cfg moves eps_u towards eps_c by s; reversed moves it the same distance the other way
+    torch.testing.assert_close(reversed_cfg(cond, uncond, 3.0) - uncond, -(cfg(cond, uncond, 3.0) - uncond), atol=1e-5, rtol=0)
+
+
+def test_single_prediction_modes(preds):
+    cond, uncond = preds
+    assert cond_only(cond, uncond, 7.5) is cond
+    assert uncond_only(cond, uncond, 7.5) is uncond
+
+
+def test_apply_guidance_passes_a_lone_prediction_through(preds):
+    cond, uncond = preds
+    assert apply_guidance("cfg", cond, None, 1.0) is cond
+    assert apply_guidance("uncond_only", None, uncond, 7.5) is uncond
+
+
+@pytest.mark.parametrize(
+    "mode, scale, expected",
+    [
+        ("cfg", 7.5, (True, True)),
+        ("cfg", 1.0, (False, True)),
+        ("cfg", 0.0, (True, False)),
+        ("reversed", 1.0, (True, True)),
+        ("reversed", 0.0, (True, False)),
+        ("negative_direction", 1.0, (False, True)),
+        ("cond_only", 7.5, (False, True)),
+        ("uncond_only", 7.5, (True, False)),
+    ],
+)
+def test_required_predictions(mode, scale, expected):
+    assert required_predictions(mode, scale) == expected
+
+
+def test_guidance_stats(preds):
+    cond, uncond = preds
+    norm, cosine = guidance_stats(cond, uncond)
+    assert norm.shape == cosine.shape == (2,)
+    torch.testing.assert_close(norm[1], (cond[1] - uncond[1]).norm(), atol=1e-5, rtol=1e-6)
+    _, same = guidance_stats(cond, cond * 3)
+    torch.testing.assert_close(same, torch.ones(2), atol=1e-6, rtol=0)
+
+
+class UNetCallCounter:
+    """Wraps the UNet's forward and records the batch size of every call."""
+
+    def __init__(self, unet):
+        self.unet, self.batches = unet, []
+        self.original = unet.forward
+
+    def __enter__(self):
+        def counting(sample, *args, **kwargs):
+            self.batches.append(sample.shape[0])
+            return self.original(sample, *args, **kwargs)
+
+        self.unet.forward = counting
+        return self
+
+    def __exit__(self, *exc):
+        del self.unet.forward  # back to the class's forward
+
+
+@pytest.mark.parametrize(
+    "mode, scale, passes",
+    [
+        ("cfg", 7.5, 2),
+        ("cfg", 1.0, 1),
+        ("cond_only", 7.5, 1),
+        ("uncond_only", 7.5, 1),
+        ("reversed", 3.0, 2),
+        ("negative_direction", 7.5, 2),
+    ],
+)
+def test_unet_passes_per_step(tiny_pipe, mode, scale, passes):
+    seeds = (1, 2, 3)
+    request = GenerationRequest(
+        prompt="an otter", negative_prompt="a planet", mode=mode, guidance_scale=scale, steps=3, seeds=seeds, width=64, height=64
+    )
+    with UNetCallCounter(tiny_pipe.unet) as counter:
+        events = list(generate(tiny_pipe, request))
+    assert counter.batches == [passes * len(seeds)] * 3  # one UNet call per step, batch = passes x seeds
+    diagnostics = events[-1].guidance_norm is not None
+    assert diagnostics == (passes == 2)
