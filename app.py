@@ -1,0 +1,96 @@
+"""CFG Explorer: explore classifier-free guidance in Stable Diffusion XL, step by step, in the browser.
+
+Entry point only: parse flags, load the model (or fall back to the tiny demo model), build the page, launch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+logger = logging.getLogger("cfg_explorer")
+
+MODEL_ENV = "CFG_EXPLORER_MODEL"  # lets a Hugging Face Space pick its model in the Space settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from pipeline import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        default=os.environ.get(MODEL_ENV, DEFAULT_MODEL),
+        help=f"hub id, local diffusers folder, single .safetensors file, or 'tiny' for the random demo model "
+        f"(default: ${MODEL_ENV} or {DEFAULT_MODEL})",
+    )
+    parser.add_argument("--device", default="auto", help="cuda, mps, cpu, or auto (default: the best available)")
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+        help="weights' precision; auto is float16 on a GPU and float32 on CPU",
+    )
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on; 0.0.0.0 to serve your network (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                        help="port to listen on (default: 7860)")
+    parser.add_argument("--share", action="store_true", help="also ask Gradio for a public *.gradio.live link")
+    parser.add_argument("--auth", metavar="USER:PASSWORD", help="require this login for the page and the API")
+    args = parser.parse_args(argv)
+    if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0]):
+        parser.error("--auth must look like user:password")
+    return args
+
+
+def load_models(args: argparse.Namespace):
+    """The pipeline, the TAESD preview decoder, the model's name, and why we fell back (None if we did not)."""
+    from pipeline import ModelLoadError, load_pipeline, tiny_pipeline, tiny_taesd
+    from pipeline.models import resolve_device
+    from pipeline.previews import load_taesdxl
+
+    reason = None
+    try:
+        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+        name = args.model
+    except ModelLoadError as exc:
+        reason = str(exc)
+        logger.warning("Could not load %s: %s. Starting the tiny random demo model instead: images are noise.", args.model, exc)
+        pipe, name = tiny_pipeline(seed=0), "tiny"
+    if name == "tiny":
+        return pipe.to(resolve_device(args.device) if args.dtype in ("auto", "float32") else "cpu"), tiny_taesd(), name, reason
+    try:
+        taesd = load_taesdxl(device=pipe.device, dtype=pipe.unet.dtype)
+    except Exception as exc:  # previews still work with the linear and full-VAE decoders
+        logger.warning("Tiny autoencoder (madebyollin/taesdxl) unavailable: %s. Choose another preview decoder.", exc)
+        taesd = None
+    return pipe, taesd, name, reason
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+
+    from pipeline.presets import load_presets
+    from ui import Handlers, build_demo
+    from ui import render
+
+    pipe, taesd, name, reason = load_models(args)
+    handlers = Handlers(pipe, taesd=taesd, model_name=name, presets=load_presets())
+    default_size = pipe.default_sample_size * pipe.vae_scale_factor
+    demo = build_demo(handlers, banner=render.banner(name, reason), default_size=default_size)
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+        prevent_thread_lock=True, show_error=True,
+    )
+    if args.share and not demo.share_url:
+        logger.warning(
+            "No share link could be made (Gradio's share server is unreachable: offline or blocked). "
+            "Still serving locally at %s", demo.local_url,
+        )
+    demo.block_thread()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Text and data the page shows: formulas, status lines, captions, plot tables. No tensor math."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from pipeline.conditioning import Truncation
+
+MODE_CHOICES = [
+    ("Standard CFG", "cfg"),
+    ("Reversed guidance", "reversed"),
+    ("Custom negative direction", "negative_direction"),
+    ("Conditional only", "cond_only"),
+    ("Unconditional only", "uncond_only"),
+]
+SCHEDULER_CHOICES = [
+    ("Euler (deterministic)", "euler"),
+    ("Euler ancestral (stochastic)", "euler_a"),
+    ("DDIM (eta sets the noise)", "ddim"),
+    ("DPM++ 2M (deterministic)", "dpmpp_2m"),
+]
+UNCOND_CHOICES = [("Zeros (SDXL's default)", "zeros"), ("Empty prompt", "empty")]
+PREVIEW_CHOICES = [
+    ("Linear approximation (free, blurry)", "linear"),
+    ("Tiny autoencoder (TAESD, fast)", "tiny"),
+    ("Full VAE (exact, slow)", "vae"),
+]
+PREVIEW_SOURCE_CHOICES = [("Predicted clean image x̂₀", "pred_x0"), ("Noisy latents x_t", "latents")]
+
+FORMULAS = {
+    "cfg": r"$$\hat\epsilon = \epsilon_u + s\,(\epsilon_c - \epsilon_u)$$ Ho & Salimans (2022): step from the "
+    r"baseline towards the prompt, $s$ times as far. $s = 1$ is the plain conditional model.",
+    "reversed": r"$$\hat\epsilon = \epsilon_u + s\,(\epsilon_u - \epsilon_c)$$ The same step, pointed away "
+    r"from the prompt: what the image looks like when guidance pushes against it.",
+    "negative_direction": r"$$\hat\epsilon = \epsilon_n + s\,(\epsilon_c - \epsilon_n)$$ The negative "
+    r"prompt's prediction $\epsilon_n$ replaces the baseline: guidance moves towards the prompt and away from it.",
+    "cond_only": r"$$\hat\epsilon = \epsilon_c$$ The conditional prediction alone, no guidance (one UNet "
+    r"pass per step). The scale is ignored.",
+    "uncond_only": r"$$\hat\epsilon = \epsilon_u$$ The baseline alone: the model's unconditional sample "
+    r"(one UNet pass per step). The prompt and scale are ignored.",
+}
+ENCODER_NAMES = {"text_encoder": "CLIP ViT-L (encoder 1)", "text_encoder_2": "OpenCLIP bigG (encoder 2)"}
+FIELD_LABELS = {
+    "prompt": "Prompt",
+    "prompt_2": "Prompt 2",
+    "negative_prompt": "Negative direction prompt",
+    "negative_prompt_2": "Negative direction prompt 2",
+}
+
+
+def formula(mode: str) -> str:
+    return FORMULAS.get(mode, "")
+
+
+def truncation_warning(report: list[Truncation]) -> str:
+    """One line per encoder that cuts text off, quoting what it never sees."""
+    lines = []
+    for t in report:
+        text = t.dropped_text.strip()
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        lines.append(
+            f"⚠️ **{FIELD_LABELS.get(t.field, t.field)}** is {t.dropped_tokens} tokens over the 77-token limit of "
+            f"{ENCODER_NAMES.get(t.encoder, t.encoder)}, which ignores: _{shown}_"
+        )
+    return "\n\n".join(lines)
+
+
+def status(step: int, total: int, steps_per_second: float, done: bool = False) -> str:
+    speed = f"{steps_per_second:.1f} steps/s" if steps_per_second < float("inf") else ""
+    head = "Done" if done else "Denoising"
+    return f"**{head}: step {step}/{total}** · {speed}"
+
+
+def caption(seed: int, step: int | None = None, total: int | None = None) -> str:
+    return f"seed {seed}" if step is None else f"seed {seed} · step {step}/{total}"
+
+
+def norm_table(norms: dict[int, list[float]], seeds: tuple[int, ...]) -> pd.DataFrame:
+    """Long-format table for the guidance-size plot: one line per seed."""
+    rows = [
+        {"step": step, "guidance_norm": value, "seed": str(seed)}
+        for step, values in sorted(norms.items())
+        for seed, value in zip(seeds, values)
+    ]
+    return pd.DataFrame(rows, columns=["step", "guidance_norm", "seed"])
+
+
+def banner(model: str, reason: str | None) -> str:
+    if reason is None and model != "tiny":
+        return ""
+    why = f" ({reason})" if reason else ""
+    return (
+        f"⚠️ **tiny random demo model: images are noise.** The real model could not be used{why}. "
+        "Every control works and the math is real; run `python app.py --model <hub id, folder or .safetensors>` "
+        "where the weights are available to see pictures."
+        if reason
+        else "⚠️ **tiny random demo model: images are noise.** Started with `--model tiny`: every control works "
+        "and the math is real, but the weights are random."
+    )

@@ -1,0 +1,164 @@
+"""Runs a generation in a worker thread, so a slow browser never slows the denoising.
+
+The worker denoises, decodes a preview every N steps, and overwrites one "latest frame" slot. The UI side
+reads whatever frame is newest when it is ready for one: frames it was too slow for are skipped, never
+queued. Each preview is also kept, small and JPEG-encoded, for the step slider, within a fixed budget.
+No gradio here: this is plain threading, testable on its own.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from PIL import Image
+from torch import Tensor
+
+from pipeline import GenerationRequest, generate
+from pipeline.previews import PreviewDecoder
+
+HISTORY_MAX_FRAMES = 480  # images kept for the step slider: ~15 kB each at 256 px, so a few MB per run
+HISTORY_SIZE = 256
+HISTORY_QUALITY = 80
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The state of a run as the UI shows it. `previews` is None on steps that were not previewed."""
+
+    step: int
+    total: int
+    elapsed: float  # seconds since the run started, model time only
+    previews: list[Image.Image] | None = None
+    guidance_norm: list[float] | None = None
+    images: list[Image.Image] | None = None  # full-size, on the final frame only
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.step / self.elapsed if self.elapsed > 0 else math.inf
+
+
+@dataclass
+class History:
+    """Small JPEG previews by step, for revisiting a finished run; bounded whatever the steps and seeds."""
+
+    every: int = 1  # keep every k-th previewed step so that steps x seeds stays within the budget
+    frames: dict[int, list[bytes]] = field(default_factory=dict)
+    norms: dict[int, list[float]] = field(default_factory=dict)  # per step: ||eps_c - eps_u|| per seed
+
+    @classmethod
+    def for_run(cls, steps: int, seeds: int, preview_every: int) -> History:
+        previewed = math.ceil(steps / preview_every) * seeds
+        return cls(every=max(1, math.ceil(previewed / HISTORY_MAX_FRAMES)))
+
+    def add(self, step: int, total: int, previews: list[Image.Image], index: int) -> None:
+        if index % self.every and step != total:
+            return
+        encoded = []
+        for image in previews:
+            small = image.copy()
+            small.thumbnail((HISTORY_SIZE, HISTORY_SIZE))
+            buffer = io.BytesIO()
+            small.save(buffer, format="JPEG", quality=HISTORY_QUALITY)
+            encoded.append(buffer.getvalue())
+        self.frames[step] = encoded
+
+    def nearest(self, step: int) -> tuple[int, list[Image.Image]] | None:
+        if not self.frames:
+            return None
+        best = min(self.frames, key=lambda s: (abs(s - step), s))
+        return best, [Image.open(io.BytesIO(data)) for data in self.frames[best]]
+
+
+class Run:
+    """One generation on a worker thread. Iterate `frames()`; call `stop()` to end it within one step."""
+
+    def __init__(
+        self,
+        pipe,
+        request: GenerationRequest,
+        decoder: PreviewDecoder,
+        preview_every: int = 1,
+        source: Callable[[object], Tensor] = lambda event: event.pred_x0,
+    ) -> None:
+        self.pipe, self.request, self.decoder = pipe, request, decoder
+        self.preview_every, self.source = max(1, preview_every), source
+        self.history = History.for_run(request.steps, len(request.seeds), self.preview_every)
+        self._cond = threading.Condition()
+        self._latest: Frame | None = None
+        self._version = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="cfg-explorer-run", daemon=True)
+
+    def start(self) -> Run:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _publish(self, frame: Frame) -> None:
+        with self._cond:
+            self._latest = frame
+            self._version += 1
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        start = time.perf_counter()
+        previewed = 0
+        try:
+            for event in generate(self.pipe, self.request):
+                if self._stop.is_set():
+                    break
+                previews = None
+                if event.step % self.preview_every == 0 or event.is_final:
+                    previews = self.decoder(self.source(event))
+                    self.history.add(event.step, event.total, previews, previewed)
+                    previewed += 1
+                norms = None if event.guidance_norm is None else [float(n) for n in event.guidance_norm]
+                if norms is not None:
+                    self.history.norms[event.step] = norms
+                images = list(event.images) if event.images is not None else None
+                self._publish(Frame(event.step, event.total, time.perf_counter() - start, previews, norms, images))
+        except BaseException as exc:  # handed to the reader, who re-raises it: never a blank image
+            self._error = exc
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def frames(self, poll: float = 0.25) -> Iterator[Frame]:
+        """The newest frame each time one is newer than the last seen; ends when the run does.
+
+        Wakes at least every `poll` seconds so the caller can be cancelled between frames. Re-raises the
+        worker's exception, if any.
+        """
+        seen = 0
+        while True:
+            with self._cond:
+                while self._version == seen and not self._done:
+                    self._cond.wait(poll)
+                    if self._stop.is_set() and self._version == seen:
+                        break
+                frame, version, done = self._latest, self._version, self._done
+            if version != seen and frame is not None:
+                seen = version
+                yield frame
+            elif done or self._stop.is_set():
+                break
+        self.join(timeout=60)
+        if self._error is not None:
+            raise self._error
