@@ -18,6 +18,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from huggingface_hub import constants as hf_constants
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 from tokenizers.pre_tokenizers import ByteLevel
 
@@ -177,11 +178,14 @@ def check_tokenizers(pipe: StableDiffusionXLPipeline) -> None:
         tokenizer = getattr(pipe, name, None)
         if tokenizer is None:
             raise ModelLoadError(f"{name} is missing: this is not an SDXL pipeline with two text encoders")
-        different = tokenizer("a red cube").input_ids != tokenizer("two blue spheres").input_ids
+        # Same word and character counts, so a tokenizer that maps every word or character to one unknown id
+        # gives equal ids for both (prompts of different lengths would differ by length alone).
+        different = tokenizer("a red cube").input_ids != tokenizer("a big bowl").input_ids
         if len(tokenizer) < MIN_VOCAB or not different:
             raise ModelLoadError(
-                f"{name} has only {len(tokenizer)} vocabulary entries and cannot tell prompts apart; its files are "
-                "probably missing (offline, or an incomplete download). Download the model fully and try again."
+                f"{name} cannot tell prompts apart ({len(tokenizer)} vocabulary entries; CLIP's has 49,408): its "
+                "files are probably missing (offline, or an incomplete download). Download the model fully and try "
+                "again."
             )
 
 
@@ -193,6 +197,13 @@ def _from_pretrained(model: str, dtype: torch.dtype) -> StableDiffusionXLPipelin
         except (OSError, ValueError):
             pass
     return StableDiffusionXLPipeline.from_pretrained(model, **kwargs)
+
+
+def _looks_like_path(model: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else (a checkpoint suffix, `./x`, `/x/y`, `a/b/c`) is a path."""
+    if model.endswith((".safetensors", ".ckpt")) or model.startswith((".", "/", "~")):
+        return True
+    return model.count("/") > 1 or (os.sep != "/" and os.sep in model)
 
 
 def load_pipeline(
@@ -215,19 +226,22 @@ def load_pipeline(
                 pipe = StableDiffusionXLPipeline.from_single_file(str(path), torch_dtype=torch_dtype)
             elif path.is_dir():
                 pipe = _from_pretrained(str(path), torch_dtype)
-            elif model.endswith((".safetensors", ".ckpt")) or os.sep in model.strip("/").replace("/", "", 1):
+            elif _looks_like_path(model):
                 raise ModelLoadError(f"model: no such file or folder: {model}")
             else:
                 pipe = _from_pretrained(model, torch_dtype)
         except ModelLoadError:
             raise
         except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, HTTP errors...
-            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+            # huggingface_hub reads HF_HUB_OFFLINE once, at import; its constant is what it actually obeys.
+            offline = hf_constants.HF_HUB_OFFLINE
             hint = (
                 "HF_HUB_OFFLINE is set and the model is not in the local cache"
                 if offline
                 else "check the name, your network, and (for gated models) `hf auth login`"
             )
+            if path.is_file():
+                hint = f"a single-file checkpoint needs its base model's config from the hub or the local cache; {hint}"
             raise ModelLoadError(f"could not load model {model!r}: {hint}. ({type(exc).__name__}: {exc})") from exc
         check_tokenizers(pipe)
     pipe = pipe.to(device=device, dtype=torch_dtype)
