@@ -45,7 +45,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_models(args: argparse.Namespace):
     """The pipeline, the TAESD preview decoder, the model's name, and why we fell back (None if we did not)."""
     from pipeline import ModelLoadError, load_pipeline, tiny_pipeline, tiny_taesd
-    from pipeline.models import resolve_device
     from pipeline.previews import load_taesdxl
 
     reason = None
@@ -53,11 +52,11 @@ def load_models(args: argparse.Namespace):
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
         name = args.model
     except ModelLoadError as exc:
-        reason = str(exc)
+        reason = exc.summary
         logger.warning("Could not load %s: %s. Starting the tiny random demo model instead: images are noise.", args.model, exc)
         pipe, name = tiny_pipeline(seed=0), "tiny"
-    if name == "tiny":
-        return pipe.to(resolve_device(args.device) if args.dtype in ("auto", "float32") else "cpu"), tiny_taesd(), name, reason
+    if name == "tiny":  # the tiny model stays on CPU in fp32: it is too small to gain from a GPU
+        return pipe, tiny_taesd(), name, reason
     try:
         taesd = load_taesdxl(device=pipe.device, dtype=pipe.unet.dtype)
     except Exception as exc:  # previews still work with the linear and full-VAE decoders
@@ -74,7 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     from ui import Handlers, build_demo
     from ui import render
 
-    pipe, taesd, name, reason = load_models(args)
+    try:
+        pipe, taesd, name, reason = load_models(args)
+    except ValueError as exc:  # a bad --device/--dtype combination: say which flag, and stop
+        sys.exit(f"error: {exc}")
     handlers = Handlers(pipe, taesd=taesd, model_name=name, presets=load_presets())
     default_size = pipe.default_sample_size * pipe.vae_scale_factor
     demo = build_demo(handlers, banner=render.banner(name, reason), default_size=default_size)

@@ -46,7 +46,14 @@ SDXL_SCHEDULER_CONFIG = dict(
 
 
 class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says what was tried and what to do."""
+    """A model could not be loaded; the message says what was tried and what to do.
+
+    `summary` is the same without the underlying exception's text, short enough for a banner.
+    """
+
+    def __init__(self, message: str, summary: str | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or message
 
 
 def tiny_tokenizer() -> CLIPTokenizer:
@@ -190,7 +197,7 @@ def check_tokenizers(pipe: StableDiffusionXLPipeline) -> None:
 
 
 def _from_pretrained(model: str, dtype: torch.dtype) -> StableDiffusionXLPipeline:
-    kwargs = {"torch_dtype": dtype, "use_safetensors": True}
+    kwargs = {"dtype": dtype, "use_safetensors": True}
     if dtype == torch.float16 and not Path(model).is_dir():
         try:  # the hub's fp16 variant halves the download; not every repo has one
             return StableDiffusionXLPipeline.from_pretrained(model, variant="fp16", **kwargs)
@@ -223,7 +230,7 @@ def load_pipeline(
             if path.is_file():
                 if path.suffix not in (".safetensors", ".ckpt"):
                     raise ModelLoadError(f"model: {model} is a file but not a .safetensors or .ckpt checkpoint")
-                pipe = StableDiffusionXLPipeline.from_single_file(str(path), torch_dtype=torch_dtype)
+                pipe = StableDiffusionXLPipeline.from_single_file(str(path), dtype=torch_dtype)
             elif path.is_dir():
                 pipe = _from_pretrained(str(path), torch_dtype)
             elif _looks_like_path(model):
@@ -242,7 +249,8 @@ def load_pipeline(
             )
             if path.is_file():
                 hint = f"a single-file checkpoint needs its base model's config from the hub or the local cache; {hint}"
-            raise ModelLoadError(f"could not load model {model!r}: {hint}. ({type(exc).__name__}: {exc})") from exc
+            summary = f"could not load model {model!r}: {hint}"
+            raise ModelLoadError(f"{summary}. ({type(exc).__name__}: {exc})", summary) from exc
         check_tokenizers(pipe)
     pipe = pipe.to(device=device, dtype=torch_dtype)
     if torch_dtype == torch.float16 and pipe.vae.config.force_upcast:

@@ -132,7 +132,7 @@ class LinearPreview:
 
 def load_taesdxl(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> AutoencoderTiny:
     """The TAESD decoder for SDXL (`madebyollin/taesdxl`), from the local cache or the hub."""
-    return AutoencoderTiny.from_pretrained(TAESDXL_REPO, torch_dtype=dtype).to(device)
+    return AutoencoderTiny.from_pretrained(TAESDXL_REPO, dtype=dtype).to(device)
 
 
 def make_preview_decoder(
