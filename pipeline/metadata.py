@@ -1,0 +1,232 @@
+"""PNG text chunks for final images: the settings that made an image travel with it.
+
+Two chunks are written:
+- `parameters`: the text AUTOMATIC1111's web UI writes (`create_infotext` in its modules/processing.py), so
+  A1111, ComfyUI loaders and image browsers show our settings. Our own fields ride along as extra
+  `Key: value` pairs, the way A1111 extensions add theirs.
+- `cfg_explorer`: JSON holding the exact request, the image's seed and the model, which is what we read back.
+
+Reading rebuilds the request through `GenerationRequest.from_dict`, so a tampered or outdated file meets the
+same validation as a UI value and the error names the field. A PNG that carries only A1111's `parameters`
+(say, one made by A1111 itself) is read from that text instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from .request import SCHEDULERS, GenerationRequest, RequestError
+
+PARAMETERS_KEY = "parameters"  # the chunk A1111 writes and reads
+SETTINGS_KEY = "cfg_explorer"
+METADATA_VERSION = 1
+
+# A1111's sampler labels (modules/sd_samplers_*.py) for the schedulers these builds of diffusers' ones match.
+SAMPLER_NAMES: dict[str, str] = {
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "ddim": "DDIM",
+    "dpmpp_2m": "DPM++ 2M",
+}
+# Our schedulers are built from the model's own scheduler config, which is what A1111 calls "Automatic":
+# the sampler's default schedule for the loaded model.
+SCHEDULE_TYPE = "Automatic"
+
+# A1111's parser for the settings line (modules/infotext_utils.py): `Key: value` or `Key: "json string"`.
+_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
+_NEGATIVE_PREFIX = "Negative prompt:"
+
+Source = str | os.PathLike[str] | Image.Image
+
+
+def _quote(value: Any) -> str:
+    """A1111's `quote`: JSON-quote a value that holds a comma, newline or colon, so the line still parses."""
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _unquote(text: str) -> str:
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _check_seed(request: GenerationRequest, seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed not in request.seeds:
+        raise RequestError("seed", f"must be one of the request's seeds {list(request.seeds)}, got {seed!r}")
+
+
+def parameters_text(request: GenerationRequest, seed: int, model: str = "") -> str:
+    """The `parameters` text for the image made with `seed`, in the layout A1111 writes and parses.
+
+    Prompt line(s), then `Negative prompt: ...` when the mode reads one, then one settings line. Keys follow
+    A1111's order; ours come after them, and only where they carry information (`Eta DDIM` only for DDIM).
+    """
+    _check_seed(request, seed)
+    params: dict[str, Any] = {
+        "Steps": request.steps,
+        "Sampler": SAMPLER_NAMES.get(request.scheduler, request.scheduler),
+        "Schedule type": SCHEDULE_TYPE,
+        "CFG scale": request.guidance_scale,
+        "Seed": seed,
+        "Size": f"{request.width}x{request.height}",
+        "Model": model or None,
+        "Guidance mode": request.mode,
+        "Uncond": request.uncond,
+        # A1111's key for DDIM's eta; its plain "Eta" means the ancestral samplers' noise, which is another knob.
+        "Eta DDIM": request.eta if request.scheduler == "ddim" else None,
+        "Prompt 2": request.prompt_2 or None,
+    }
+    negative = ""
+    if request.mode == "negative_direction" and request.negative_prompt:
+        negative = f"\n{_NEGATIVE_PREFIX} {request.negative_prompt}"
+        params["Negative prompt 2"] = request.negative_prompt_2 or None
+    line = ", ".join(f"{key}: {_quote(value)}" for key, value in params.items() if value is not None)
+    return f"{request.prompt}{negative}\n{line}".strip()
+
+
+def settings_json(request: GenerationRequest, seed: int, model: str = "") -> str:
+    """The `cfg_explorer` chunk: everything needed to run this image again, exactly."""
+    _check_seed(request, seed)
+    return json.dumps(
+        {"version": METADATA_VERSION, "request": request.to_dict(), "seed": seed, "model": model},
+        sort_keys=True,
+    )
+
+
+def png_info(request: GenerationRequest, seed: int, model: str = "") -> PngInfo:
+    """Both text chunks, ready for `Image.save(..., pnginfo=...)` (non-Latin-1 text is stored as iTXt)."""
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, parameters_text(request, seed, model))
+    info.add_text(SETTINGS_KEY, settings_json(request, seed, model))
+    return info
+
+
+def save_png(image: Image.Image, path: str | os.PathLike[str], request: GenerationRequest, seed: int,
+             model: str = "") -> Path:
+    """Save `image` as a PNG at `path` with its settings in text chunks; returns the path."""
+    path = Path(path)
+    image.save(path, format="PNG", pnginfo=png_info(request, seed, model))
+    return path
+
+
+def _text_chunks(source: Source) -> dict[str, str]:
+    if isinstance(source, Image.Image):
+        return _chunks_of(source)
+    try:
+        with Image.open(source) as image:
+            return _chunks_of(image)
+    except UnidentifiedImageError as error:
+        raise ValueError(f"{os.fspath(source)} is not an image, so it carries no CFG Explorer settings") from error
+
+
+def _chunks_of(image: Image.Image) -> dict[str, str]:
+    chunks = {k: v for k, v in image.info.items() if isinstance(v, str)}
+    # Chunks after the image data only show up in `.text`, which reads the whole file.
+    chunks.update(getattr(image, "text", None) or {})
+    return chunks
+
+
+def _from_settings_json(text: str) -> tuple[GenerationRequest, int]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"the {SETTINGS_KEY!r} text chunk is not valid JSON ({error}); the PNG's settings are damaged"
+        ) from error
+    if not isinstance(data, dict):
+        raise ValueError(f"the {SETTINGS_KEY!r} text chunk must hold a JSON object, got {type(data).__name__}")
+    if data.get("version") != METADATA_VERSION:
+        raise ValueError(f"the {SETTINGS_KEY!r} text chunk has version {data.get('version')!r}; this build reads "
+                         f"version {METADATA_VERSION}")
+    if not isinstance(data.get("request"), dict):
+        raise ValueError(f"the {SETTINGS_KEY!r} text chunk has no 'request' object")
+    request = GenerationRequest.from_dict(data["request"])
+    seed = data.get("seed")
+    _check_seed(request, seed)
+    return request, seed
+
+
+def _a1111_number(params: dict[str, str], key: str, field: str, kind: type) -> Any:
+    try:
+        return kind(params[key])
+    except ValueError:
+        raise RequestError(field, f"A1111 {key!r} must be a number, got {params[key]!r}") from None
+
+
+def _from_parameters(text: str) -> tuple[GenerationRequest, int]:
+    """Rebuild a one-seed request from A1111's `parameters` text, as its `parse_generation_parameters` does.
+
+    Keys with no counterpart here (Model hash, hires fix, Schedule type...) are ignored: an image made
+    elsewhere never reproduces exactly anyway, since its starting noise came from another random generator.
+    """
+    *lines, last = text.strip().split("\n")
+    if len(_PARAM_RE.findall(last)) < 3:  # A1111's own test for "the last line holds the settings"
+        raise ValueError(f"the {PARAMETERS_KEY!r} text chunk has no settings line (Steps, Sampler, Seed...)")
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    for line in lines:
+        line = line.strip()
+        if line.startswith(_NEGATIVE_PREFIX) and not negative_lines:
+            negative_lines.append(line[len(_NEGATIVE_PREFIX):].strip())
+        elif negative_lines:
+            negative_lines.append(line)
+        else:
+            prompt_lines.append(line)
+    params = {key: _unquote(value) for key, value in _PARAM_RE.findall(last)}
+    if "Seed" not in params:
+        raise ValueError(f"the {PARAMETERS_KEY!r} text chunk names no Seed")
+
+    data: dict[str, Any] = {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines)}
+    data["mode"] = params.get("Guidance mode", "negative_direction" if data["negative_prompt"] else "cfg")
+    seed = _a1111_number(params, "Seed", "seeds", int)
+    data["seeds"] = (seed,)
+    if "Steps" in params:
+        data["steps"] = _a1111_number(params, "Steps", "steps", int)
+    if "CFG scale" in params:
+        data["guidance_scale"] = _a1111_number(params, "CFG scale", "guidance_scale", float)
+    if "Eta DDIM" in params:
+        data["eta"] = _a1111_number(params, "Eta DDIM", "eta", float)
+    if "Size" in params:
+        size = _SIZE_RE.match(params["Size"])
+        if size is None:
+            raise RequestError("width", f"A1111 'Size' must read WIDTHxHEIGHT, got {params['Size']!r}")
+        data["width"], data["height"] = int(size[1]), int(size[2])
+    if "Sampler" in params:
+        by_label = {label: name for name, label in SAMPLER_NAMES.items()} | {name: name for name in SCHEDULERS}
+        if params["Sampler"] not in by_label:
+            raise RequestError("scheduler", f"A1111 sampler {params['Sampler']!r} has no counterpart here; "
+                                            f"supported: {', '.join(SAMPLER_NAMES.values())}")
+        data["scheduler"] = by_label[params["Sampler"]]
+    for key, field in (("Uncond", "uncond"), ("Prompt 2", "prompt_2"), ("Negative prompt 2", "negative_prompt_2")):
+        if key in params:
+            data[field] = params[key]
+    return GenerationRequest.from_dict(data), seed
+
+
+def read_settings(source: Source) -> tuple[GenerationRequest, int]:
+    """The request and seed stored in a PNG (a path or an open PIL image).
+
+    Reads the `cfg_explorer` chunk; failing that, A1111's `parameters` text. Raises `ValueError` when the
+    image carries neither, and `RequestError` (naming the field) when a stored value is out of range.
+    """
+    chunks = _text_chunks(source)
+    if SETTINGS_KEY in chunks:
+        return _from_settings_json(chunks[SETTINGS_KEY])
+    if PARAMETERS_KEY in chunks:
+        return _from_parameters(chunks[PARAMETERS_KEY])
+    raise ValueError(f"this image carries no CFG Explorer settings: it has no {SETTINGS_KEY!r} or "
+                     f"{PARAMETERS_KEY!r} PNG text chunk (image sites and chat apps often strip them)")

@@ -1,0 +1,126 @@
+"""Presets: ready-made experiments, one TOML file each in `presets/`, validated on load.
+
+A preset file reads:
+
+    name = "Standard CFG"
+    description = "One or two sentences telling a learner what to look at."
+    preview = "tiny"            # optional: "vae", "tiny" or "linear"
+
+    [request]                   # GenerationRequest fields; missing ones take its defaults
+    prompt = "a watercolor painting of an otter"
+    guidance_scale = 7.5
+    seeds = [1, 2]
+
+An unknown key, a wrong type or an out-of-range value is an error naming the file and the field, never a
+silent fix: a typo such as `guidance_sclae` would otherwise run the default and teach the wrong lesson.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .previews import PREVIEW_DECODERS
+from .request import GenerationRequest, RequestError
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+PRESET_KEYS: tuple[str, ...] = ("name", "description", "preview", "request")
+REQUIRED_KEYS: tuple[str, ...] = ("name", "description", "request")
+# GenerationRequest fields without a default; from_dict would fail on them with a bare TypeError.
+REQUIRED_REQUEST_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(GenerationRequest) if f.default is MISSING and f.default_factory is MISSING
+)
+
+_TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
+
+
+class PresetError(ValueError):
+    """A preset file is malformed. `path` and `field` (e.g. "request.steps"; None when unknown) locate it."""
+
+    def __init__(self, path: str | os.PathLike[str], field: str | None, message: str) -> None:
+        where = f"{os.fspath(path)}: {field}" if field else os.fspath(path)
+        super().__init__(f"{where}: {message}")
+        self.path = Path(path)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    name: str
+    description: str  # for the learner: what to look at
+    request: GenerationRequest
+    preview: str | None  # preview decoder to select, or None to keep the user's choice
+    path: Path
+
+
+def _parse_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise PresetError(path, None, f"is not UTF-8 text ({error})") from None
+    except tomllib.TOMLDecodeError as error:
+        message = f"malformed TOML: {error}"
+        position = _TOML_POSITION.search(str(error))
+        if position:
+            lines = raw.decode("utf-8").splitlines()
+            line_no = int(position[1])
+            if 1 <= line_no <= len(lines):
+                message += f"; the line reads {lines[line_no - 1].strip()!r}"
+        raise PresetError(path, None, message) from None
+
+
+def _check_text(path: Path, data: dict[str, Any], key: str) -> str:
+    value = data[key]
+    if not isinstance(value, str) or not value.strip():
+        raise PresetError(path, key, f"must be non-empty text, got {value!r}")
+    return value
+
+
+def load_preset(path: str | os.PathLike[str]) -> Preset:
+    """Read and validate one preset file; raises `PresetError` naming the file and the field."""
+    path = Path(path)
+    data = _parse_toml(path)
+    unknown = sorted(set(data) - set(PRESET_KEYS))
+    if unknown:
+        raise PresetError(path, unknown[0], f"unknown key; a preset has {', '.join(PRESET_KEYS)}")
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            raise PresetError(path, key, "is required")
+    name = _check_text(path, data, "name")
+    description = _check_text(path, data, "description")
+    preview = data.get("preview")
+    if preview is not None and preview not in PREVIEW_DECODERS:
+        raise PresetError(path, "preview", f"must be one of {', '.join(PREVIEW_DECODERS)}; got {preview!r}")
+    table = data["request"]
+    if not isinstance(table, dict):
+        raise PresetError(path, "request", "must be a table ([request]) of GenerationRequest fields")
+    for field in REQUIRED_REQUEST_FIELDS:
+        if field not in table:
+            raise PresetError(path, f"request.{field}", "is required")
+    try:
+        request = GenerationRequest.from_dict(table)
+    except RequestError as error:
+        raise PresetError(path, f"request.{error.field}", str(error).removeprefix(f"{error.field}: ")) from None
+    return Preset(name=name, description=description, request=request, preview=preview, path=path)
+
+
+def load_presets(folder: str | os.PathLike[str] = PRESETS_DIR) -> list[Preset]:
+    """Every `*.toml` preset in `folder`, sorted by file name (hence the numeric prefixes).
+
+    One bad file fails the whole load: a preset that silently vanished from the list would hide the mistake.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"preset folder {folder} does not exist")
+    presets = [load_preset(path) for path in sorted(folder.glob("*.toml"), key=lambda p: p.name)]
+    seen: dict[str, Path] = {}
+    for preset in presets:
+        if preset.name in seen:
+            raise PresetError(preset.path, "name", f"{preset.name!r} is also the name of {seen[preset.name].name}")
+        seen[preset.name] = preset.path
+    return presets

@@ -1,0 +1,212 @@
+"""PNG text chunks: A1111's `parameters` layout, and our JSON chunk read back through request validation."""
+
+import json
+
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from pipeline import SCHEDULERS, GenerationRequest, RequestError
+from pipeline.metadata import (
+    PARAMETERS_KEY,
+    SAMPLER_NAMES,
+    SETTINGS_KEY,
+    parameters_text,
+    read_settings,
+    save_png,
+    settings_json,
+)
+
+OTTER = "a watercolor painting of an otter"
+
+REQUESTS = {
+    "cfg": GenerationRequest(prompt=OTTER, seeds=(1, 2, 3)),
+    "negative_direction": GenerationRequest(
+        prompt="une loutre à l'aquarelle ☕", negative_prompt="solar system with 9 planets",
+        negative_prompt_2="stars", mode="negative_direction", guidance_scale=5.0, steps=25, seeds=(7,),
+        width=832, height=1216,
+    ),
+    "ddim_reversed": GenerationRequest(
+        prompt="astronaut in a jungle, cold color palette\nsecond line", prompt_2="Van Gogh: painting, oil",
+        mode="reversed", scheduler="ddim", eta=0.5, uncond="empty", seeds=(0, 2**32 - 1),
+    ),
+}
+
+
+@pytest.fixture
+def image():
+    return Image.new("RGB", (16, 8), (200, 120, 40))
+
+
+def png_with_chunks(path, chunks):
+    info = PngInfo()
+    for key, value in chunks.items():
+        info.add_text(key, value)
+    Image.new("RGB", (4, 4)).save(path, format="PNG", pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(REQUESTS))
+def test_round_trip_from_path_and_from_image(tmp_path, image, name):
+    request = REQUESTS[name]
+    seed = request.seeds[-1]
+    path = save_png(image, tmp_path / "out.png", request, seed, model="stabilityai/sdxl")
+    assert path == tmp_path / "out.png"
+    assert read_settings(path) == (request, seed)
+    assert read_settings(str(path)) == (request, seed)
+    with Image.open(path) as opened:
+        assert read_settings(opened) == (request, seed)
+        assert opened.size == image.size
+        assert opened.convert("RGB").getpixel((0, 0)) == (200, 120, 40)
+
+
+def test_json_chunk_holds_version_request_seed_and_model(tmp_path, image):
+    request = REQUESTS["cfg"]
+    path = save_png(image, tmp_path / "out.png", request, 2, model="tiny")
+    with Image.open(path) as opened:
+        data = json.loads(opened.text[SETTINGS_KEY])
+        parameters = opened.text[PARAMETERS_KEY]
+    assert data == {"version": 1, "request": request.to_dict(), "seed": 2, "model": "tiny"}
+    assert parameters == parameters_text(request, 2, model="tiny")
+
+
+def test_parameters_text_exact_a1111_layout():
+    request = GenerationRequest(
+        prompt=OTTER, prompt_2="Van Gogh, oil: thick", negative_prompt="solar system with 9 planets",
+        mode="negative_direction", guidance_scale=7.5, steps=30, seeds=(1, 2), scheduler="ddim", eta=0.5,
+    )
+    assert parameters_text(request, 2, model="sd_xl_base_1.0") == (
+        "a watercolor painting of an otter\n"
+        "Negative prompt: solar system with 9 planets\n"
+        "Steps: 30, Sampler: DDIM, Schedule type: Automatic, CFG scale: 7.5, Seed: 2, Size: 1024x1024, "
+        "Model: sd_xl_base_1.0, Guidance mode: negative_direction, Uncond: zeros, Eta DDIM: 0.5, "
+        'Prompt 2: "Van Gogh, oil: thick"'
+    )
+
+
+def test_parameters_keys_in_a1111_order_then_ours():
+    request = GenerationRequest(prompt=OTTER, mode="reversed", scheduler="euler_a", width=640, height=512,
+                                seeds=(9,))
+    lines = parameters_text(request, 9, model="m").split("\n")
+    assert lines[0] == OTTER
+    keys = [pair.split(": ")[0] for pair in lines[-1].split(", ")]
+    a1111 = ["Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model"]
+    assert keys == a1111 + ["Guidance mode", "Uncond"]
+    for pair in ("Sampler: Euler a", "Size: 640x512", "Guidance mode: reversed"):
+        assert pair in lines[-1]
+
+
+def test_negative_prompt_line_only_in_negative_direction_and_optional_keys_left_out():
+    request = GenerationRequest(prompt=OTTER, negative_prompt="unused here", mode="cfg", scheduler="euler", eta=0.7)
+    text = parameters_text(request, 0)
+    assert "Negative prompt" not in text
+    assert "Eta" not in text  # eta only means something to DDIM
+    assert "Model" not in text and "Prompt 2" not in text
+    assert len(text.split("\n")) == 2
+
+
+@pytest.mark.parametrize("scheduler,label", [("euler", "Euler"), ("euler_a", "Euler a"), ("ddim", "DDIM"),
+                                             ("dpmpp_2m", "DPM++ 2M")])
+def test_sampler_labels(scheduler, label):
+    assert f"Sampler: {label}," in parameters_text(GenerationRequest(prompt=OTTER, scheduler=scheduler), 0)
+
+
+def test_every_scheduler_has_an_a1111_label():
+    assert set(SAMPLER_NAMES) == set(SCHEDULERS)
+
+
+def test_seed_must_be_one_of_the_requests_seeds(tmp_path, image):
+    with pytest.raises(RequestError) as info:
+        save_png(image, tmp_path / "out.png", REQUESTS["cfg"], 99)
+    assert info.value.field == "seed"
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_plain_png_has_no_settings(tmp_path):
+    path = tmp_path / "plain.png"
+    Image.new("RGB", (4, 4)).save(path)
+    with pytest.raises(ValueError, match="carries no CFG Explorer settings") as info:
+        read_settings(path)
+    assert not isinstance(info.value, RequestError)
+
+
+def test_not_an_image_is_a_value_error(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("not a png")
+    with pytest.raises(ValueError, match="not an image"):
+        read_settings(path)
+
+
+def test_damaged_json_chunk(tmp_path):
+    path = png_with_chunks(tmp_path / "bad.png", {SETTINGS_KEY: "{not json", PARAMETERS_KEY: "x"})
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_settings(path)
+
+
+def test_unknown_version(tmp_path):
+    data = json.loads(settings_json(REQUESTS["cfg"], 1))
+    data["version"] = 2
+    path = png_with_chunks(tmp_path / "v2.png", {SETTINGS_KEY: json.dumps(data)})
+    with pytest.raises(ValueError, match="version 2"):
+        read_settings(path)
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("steps", 500, "1 to 200"),
+    ("guidance_scale", -1.0, "0.0 to 50.0"),
+    ("scheduler", "heun", "must be one of"),
+    ("guidance_sclae", 7.0, "unknown field"),
+])
+def test_json_with_bad_request_value_names_the_field(tmp_path, field, value, expected):
+    data = json.loads(settings_json(REQUESTS["cfg"], 1))
+    data["request"][field] = value
+    path = png_with_chunks(tmp_path / "tampered.png", {SETTINGS_KEY: json.dumps(data)})
+    with pytest.raises(RequestError, match=expected) as info:
+        read_settings(path)
+    assert info.value.field == field
+
+
+def test_json_seed_outside_the_request(tmp_path):
+    data = json.loads(settings_json(REQUESTS["cfg"], 1))
+    data["seed"] = 5
+    path = png_with_chunks(tmp_path / "seed.png", {SETTINGS_KEY: json.dumps(data)})
+    with pytest.raises(RequestError) as info:
+        read_settings(path)
+    assert info.value.field == "seed"
+
+
+@pytest.mark.parametrize("name", sorted(REQUESTS))
+def test_parameters_alone_read_back_as_a_one_seed_request(tmp_path, name):
+    request = REQUESTS[name]
+    seed = request.seeds[0]
+    path = png_with_chunks(tmp_path / "a1111.png", {PARAMETERS_KEY: parameters_text(request, seed, model="m")})
+    single = GenerationRequest.from_dict({**request.to_dict(), "seeds": [seed]})
+    assert read_settings(path) == (single, seed)
+
+
+def test_foreign_a1111_parameters(tmp_path):
+    text = (
+        "a cat, sitting\nNegative prompt: blurry, lowres\n"
+        "Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 965400086, Size: 832x1216, "
+        "Model hash: 45dee52b, Model: sd_xl_base_1.0, Version: v1.10.1"
+    )
+    path = png_with_chunks(tmp_path / "a1111.png", {PARAMETERS_KEY: text})
+    expected = GenerationRequest(
+        prompt="a cat, sitting", negative_prompt="blurry, lowres", mode="negative_direction", steps=20,
+        scheduler="euler_a", guidance_scale=7.0, seeds=(965400086,), width=832, height=1216,
+    )
+    assert read_settings(path) == (expected, 965400086)
+
+
+def test_foreign_sampler_without_counterpart_names_scheduler(tmp_path):
+    text = "a cat\nSteps: 20, Sampler: DPM++ SDE, CFG scale: 7, Seed: 1, Size: 1024x1024"
+    path = png_with_chunks(tmp_path / "a1111.png", {PARAMETERS_KEY: text})
+    with pytest.raises(RequestError, match="DPM\\+\\+ SDE") as info:
+        read_settings(path)
+    assert info.value.field == "scheduler"
+
+
+def test_parameters_without_settings_line(tmp_path):
+    path = png_with_chunks(tmp_path / "prompt-only.png", {PARAMETERS_KEY: "just a prompt, nothing else"})
+    with pytest.raises(ValueError, match="no settings line"):
+        read_settings(path)
