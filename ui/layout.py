@@ -12,28 +12,38 @@ from .handlers import CONTROL_NAMES, Handlers
 CACHE_LIFETIME = (600, 3600)  # every 10 min, delete streamed frames older than 1 h: each frame is a file
 
 
-class FieldSlider(gr.Slider):
-    """A slider whose out-of-range error names its control: API clients send many fields at once."""
+class NamedErrors:
+    """Gradio checks bounds and choices before a handler runs, with messages like "Value 0 is less than
+    minimum value 1." that do not say which input. API clients send many fields at once, so these
+    components put their label in front of the message."""
 
-    is_template = True  # render with Gradio's own slider
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error as exc:
-            raise gr.Error(f"{self.label}: must be from {self.minimum} to {self.maximum}, got {payload}") from exc
-
-
-class FieldNumber(gr.Number):
-    """A number box whose out-of-range error names its control."""
-
-    is_template = True
+    is_template = True  # render with Gradio's own component of the base class
 
     def preprocess(self, payload):
         try:
             return super().preprocess(payload)
         except gr.Error as exc:
-            raise gr.Error(f"{self.label}: must be from {self.minimum} to {self.maximum}, got {payload}") from exc
+            if getattr(self, "minimum", None) is not None or getattr(self, "maximum", None) is not None:
+                detail = f"must be from {self.minimum} to {self.maximum}, got {payload}"
+            else:
+                detail = exc.message
+            raise gr.Error(f"{self.label}: {detail}", title="Invalid input") from exc
+
+
+class FieldSlider(NamedErrors, gr.Slider):
+    pass
+
+
+class FieldNumber(NamedErrors, gr.Number):
+    pass
+
+
+class FieldRadio(NamedErrors, gr.Radio):
+    pass
+
+
+class FieldDropdown(NamedErrors, gr.Dropdown):
+    pass
 
 
 def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -> gr.Blocks:
@@ -54,7 +64,7 @@ def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -
                     info="Feeds text encoder 2, OpenCLIP bigG. Empty: the same text as Prompt.",
                 )
                 token_warning = gr.Markdown()
-                mode = gr.Radio(render.MODE_CHOICES, value="cfg", label="Guidance mode")
+                mode = FieldRadio(render.MODE_CHOICES, value="cfg", label="Guidance mode")
                 formula = gr.Markdown(render.formula("cfg"))
                 negative_prompt = gr.Textbox(
                     label="Negative direction prompt", visible=False, value="solar system with 9 planets",
@@ -64,7 +74,7 @@ def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -
                     label="Negative direction prompt 2", visible=False, value="",
                     info="For text encoder 2. Empty: the same text as the negative direction prompt.",
                 )
-                uncond = gr.Radio(
+                uncond = FieldRadio(
                     render.UNCOND_CHOICES, value="zeros", label="Unconditional baseline",
                     info="What 'unconditional' means: SDXL's all-zero embeddings, or the encoded empty prompt.",
                 )
@@ -74,7 +84,7 @@ def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -
                 )
                 with gr.Row():
                     steps = FieldSlider(*STEPS_RANGE, value=30, step=1, label="Steps")
-                    scheduler = gr.Dropdown(render.SCHEDULER_CHOICES, value="euler", label="Scheduler")
+                    scheduler = FieldDropdown(render.SCHEDULER_CHOICES, value="euler", label="Scheduler")
                 eta = FieldSlider(
                     0.0, 1.0, value=0.0, step=0.05, label="Eta", visible=False,
                     info="DDIM's noise: 0 is deterministic (mode-seeking), 1 is as random as DDPM.",
@@ -87,10 +97,10 @@ def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -
                     width = FieldSlider(*SIZE_RANGE, value=default_size, step=SIZE_MULTIPLE, label="Width")
                     height = FieldSlider(*SIZE_RANGE, value=default_size, step=SIZE_MULTIPLE, label="Height")
                 with gr.Accordion("Previews", open=True):
-                    preview = gr.Radio(render.PREVIEW_CHOICES, value="tiny", label="Preview decoder")
+                    preview = FieldRadio(render.PREVIEW_CHOICES, value="tiny", label="Preview decoder")
                     with gr.Row():
                         preview_every = FieldSlider(1, 50, value=1, step=1, label="Preview every N steps")
-                        preview_source = gr.Radio(render.PREVIEW_SOURCE_CHOICES, value="pred_x0", label="Preview shows")
+                        preview_source = FieldRadio(render.PREVIEW_SOURCE_CHOICES, value="pred_x0", label="Preview shows")
                 with gr.Row():
                     generate_btn = gr.Button("Generate", variant="primary")
                     stop_btn = gr.Button("Stop", variant="stop")

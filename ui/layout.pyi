@@ -13,16 +13,8 @@ CACHE_LIFETIME = (600, 3600)  # every 10 min, delete streamed frames older than 
 
 from gradio.events import Dependency
 
-class FieldSlider(gr.Slider):
-    """A slider whose out-of-range error names its control: API clients send many fields at once."""
-
-    is_template = True  # render with Gradio's own slider
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error as exc:
-            raise gr.Error(f"{self.label}: must be from {self.minimum} to {self.maximum}, got {payload}") from exc
+class FieldSlider(NamedErrors, gr.Slider):
+    pass
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
@@ -30,16 +22,8 @@ class FieldSlider(gr.Slider):
         from gradio.components.base import Component
 
 
-class FieldNumber(gr.Number):
-    """A number box whose out-of-range error names its control."""
-
-    is_template = True
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error as exc:
-            raise gr.Error(f"{self.label}: must be from {self.minimum} to {self.maximum}, got {payload}") from exc
+class FieldNumber(NamedErrors, gr.Number):
+    pass
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
@@ -157,3 +141,21 @@ def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -
         png_in.upload(handlers.restore_from_png, inputs=png_in, outputs=controls, api_name="restore_from_png")
         demo.load(handlers.restore_from_query, outputs=controls, api_name="restore_from_url")
     return demo
+class FieldRadio(NamedErrors, gr.Radio):
+    pass
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    
+class FieldDropdown(NamedErrors, gr.Dropdown):
+    pass
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    

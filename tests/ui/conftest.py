@@ -1,0 +1,72 @@
+"""A CFG Explorer server on the tiny model, launched in-process once for the UI tests."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Throttle:
+    """Makes each UNet call take at least `delay` seconds, so a run is slow enough to watch or stop.
+
+    The tiny UNet runs a step in milliseconds, faster than Gradio can ship a frame; real SDXL is the other
+    way round. Also counts calls, to see when the worker stops.
+    """
+
+    def __init__(self, unet):
+        self.unet, self.delay, self.calls = unet, 0.0, 0
+        self._forward = unet.forward
+        self._lock = threading.Lock()
+        unet.forward = self._slow
+
+    def _slow(self, *args, **kwargs):
+        with self._lock:
+            self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
+        return self._forward(*args, **kwargs)
+
+    def restore(self):
+        del self.unet.forward
+
+
+@pytest.fixture(scope="session")
+def app_server(tiny_pipe, tmp_path_factory):
+    from pipeline import tiny_taesd
+    from pipeline.presets import load_presets
+    from ui import Handlers, build_demo, render
+
+    throttle = Throttle(tiny_pipe.unet)
+    handlers = Handlers(tiny_pipe, taesd=tiny_taesd(), model_name="tiny", presets=load_presets(),
+                        output_dir=tmp_path_factory.mktemp("outputs"))
+    demo = build_demo(handlers, banner=render.banner("tiny", None), default_size=64)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    try:
+        yield demo, throttle
+    finally:
+        demo.close()
+        throttle.restore()
+
+
+@pytest.fixture
+def server(app_server):
+    demo, throttle = app_server
+    throttle.delay = 0.0
+    yield demo.local_url, throttle
+    throttle.delay = 0.0
+
+
+@pytest.fixture
+def client(server):
+    from gradio_client import Client
+
+    # download_files=False: otherwise the client downloads every streamed frame
+    return Client(server[0], download_files=False, verbose=False)

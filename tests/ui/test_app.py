@@ -1,0 +1,176 @@
+"""The app's API, driven by gradio_client against a live server on the tiny model."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from gradio_client import handle_file
+from PIL import Image
+
+from pipeline import GenerationRequest, generate
+from pipeline.metadata import read_settings, save_png
+
+SMALL = dict(prompt="an otter", width=64, height=64, preview="linear")
+
+
+def run(client, **kwargs):
+    job = client.submit(**{**SMALL, **kwargs}, api_name="/generate")
+    outputs = list(job)
+    return job, outputs
+
+
+def captions(gallery):
+    return [item.get("caption") for item in gallery] if isinstance(gallery, list) else None
+
+
+def test_one_update_per_previewed_step_then_final_images(client, server):
+    _, throttle = server
+    throttle.delay = 0.08  # slower than Gradio's per-frame cost, as real SDXL steps are
+    job, outputs = run(client, steps=6, num_seeds=3, seed=10, preview_every=2)
+    assert job.exception() is None
+    statuses = [out[1] for out in outputs]
+    assert [s.split("step ")[1].split("/")[0] for s in statuses] == ["1", "2", "3", "4", "5", "6"]
+    galleries = [captions(out[0]) for out in outputs]
+    previews = [g for g in galleries if g is not None][:-1]
+    assert previews == [[f"seed {s} · step {k}/6" for s in (10, 11, 12)] for k in (2, 4)]
+    final = outputs[-1]
+    assert captions(final[0]) == ["seed 10", "seed 11", "seed 12"]
+    assert "Done" in final[1]
+    paths = [item["path"] for item in final[4]]
+    assert len(paths) == 3 and all(p.endswith(".png") for p in paths)
+
+
+def test_final_pngs_carry_their_settings(client):
+    job, outputs = run(client, steps=3, num_seeds=2, seed=5, scheduler="euler_a", guidance_scale=4.0)
+    assert job.exception() is None
+    expected = GenerationRequest(prompt="an otter", steps=3, seeds=(5, 6), width=64, height=64, scheduler="euler_a",
+                                 guidance_scale=4.0, negative_prompt="solar system with 9 planets")
+    for item, seed in zip(outputs[-1][4], (5, 6)):
+        assert read_settings(item["path"]) == (expected, seed)
+
+
+def test_served_images_match_a_direct_library_run(client, tiny_pipe):
+    job, outputs = run(client, steps=3, num_seeds=2, seed=5)
+    assert job.exception() is None
+    paths = [item["path"] for item in outputs[-1][4]]
+    request, _ = read_settings(paths[0])
+    direct = list(generate(tiny_pipe, request))[-1].images
+    for path, image in zip(paths, direct):
+        assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), np.asarray(image))
+
+
+def test_cancel_stops_the_run_and_the_next_job_runs(client, server):
+    _, throttle = server
+    throttle.delay = 0.1
+    job = client.submit(**SMALL, steps=100, num_seeds=1, api_name="/generate")
+    deadline = time.time() + 30
+    while not job.outputs() and time.time() < deadline:
+        time.sleep(0.05)
+    assert job.outputs(), "no preview arrived"
+    job.cancel()
+    time.sleep(1.0)  # let the worker notice
+    calls = throttle.calls
+    time.sleep(1.0)
+    assert throttle.calls - calls <= 1, "the worker kept denoising after the job was cancelled"
+    steps_done = int(job.outputs()[-1][1].split("step ")[1].split("/")[0])
+    assert steps_done < 100
+    throttle.delay = 0.0
+    job, outputs = run(client, steps=2, num_seeds=1)
+    assert job.exception() is None and "Done" in outputs[-1][1]
+
+
+def test_stop_endpoint_cancels_the_page_run(client, server):
+    # The Stop button's own event: it reports "Stopped." (cancelling the page's run is Gradio's `cancels`).
+    assert "Stopped" in client.predict(api_name="/stop")
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(steps=0), "Steps"),
+        (dict(width=60), "Width"),
+        (dict(seed=-1), "Seed"),
+        (dict(guidance_scale=99), "Guidance scale"),
+        (dict(width=100), "width"),  # in range for the slider, but not a multiple of 8: the library says so
+        (dict(mode="negative_direction", negative_prompt=""), "negative_prompt"),
+        (dict(prompt=""), "prompt"),
+        (dict(preview="nope"), "Preview decoder"),
+        (dict(scheduler="heun"), "Scheduler"),
+    ],
+)
+def test_bad_input_names_the_field_and_the_app_keeps_serving(client, changes, field):
+    job = client.submit(**{**SMALL, "steps": 2, **changes}, api_name="/generate")
+    list(job)
+    error = job.exception()
+    assert error is not None and field in str(error), error
+    job, outputs = run(client, steps=2, num_seeds=1)
+    assert job.exception() is None and "Done" in outputs[-1][1]
+
+
+def test_two_concurrent_clients_get_their_own_seeds(server):
+    from gradio_client import Client
+
+    url, _ = server
+    results = {}
+
+    def one(seed):
+        c = Client(url, download_files=False, verbose=False)
+        job = c.submit(**SMALL, steps=3, seed=seed, num_seeds=2, api_name="/generate")
+        results[seed] = (job, list(job))
+
+    threads = [threading.Thread(target=one, args=(seed,)) for seed in (100, 200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for seed in (100, 200):
+        job, outputs = results[seed]
+        assert job.exception() is None
+        assert captions(outputs[-1][0]) == [f"seed {seed}", f"seed {seed + 1}"]
+        assert [read_settings(i["path"])[1] for i in outputs[-1][4]] == [seed, seed + 1]
+
+
+def test_presets_fill_the_controls(client):
+    from pipeline.presets import load_presets
+
+    presets = load_presets()
+    values = client.predict(1, api_name="/load_preset")
+    assert values[0] == presets[1].request.prompt
+    assert values[2] == presets[1].request.mode
+
+
+def test_png_restores_its_settings(client, tmp_path):
+    request = GenerationRequest(prompt="astronaut in a jungle", prompt_2="Van Gogh painting", mode="reversed",
+                                guidance_scale=3.0, steps=12, seeds=(7, 8), width=64, height=128, scheduler="ddim", eta=0.5)
+    path = save_png(Image.new("RGB", (64, 128)), tmp_path / "x.png", request, seed=7)
+    values = client.predict(handle_file(str(path)), api_name="/restore_from_png")
+    from ui.handlers import CONTROL_NAMES
+
+    restored = dict(zip(CONTROL_NAMES, values))
+    assert restored["prompt_2"] == "Van Gogh painting" and restored["mode"] == "reversed"
+    assert restored["steps"] == 12 and restored["seed"] == 7 and restored["num_seeds"] == 2 and restored["eta"] == 0.5
+
+
+def test_a_plain_png_is_refused_clearly(client, tmp_path):
+    path = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(path)
+    with pytest.raises(Exception, match="(?i)settings"):
+        client.predict(handle_file(str(path)), api_name="/restore_from_png")
+
+
+def test_share_link_round_trip(client):
+    from ui.handlers import CONTROL_NAMES, settings_from_query
+    from urllib.parse import parse_qsl, urlsplit
+
+    link = client.predict(**SMALL, steps=9, seed=3, mode="reversed", api_name="/share_link")
+    settings, problems = settings_from_query(dict(parse_qsl(urlsplit(link).query, keep_blank_values=True)))
+    assert problems == []
+    assert settings["steps"] == 9 and settings["seed"] == 3 and settings["mode"] == "reversed"
+    assert set(settings) == set(CONTROL_NAMES)
+
+
+def test_token_warning(client):
+    assert client.predict("an otter", "", "", "", "cfg", api_name="/count_tokens") == ""
+    warning = client.predict("otter " * 30, "", "", "", "cfg", api_name="/count_tokens")
+    assert "Prompt" in warning and "77" in warning
