@@ -252,7 +252,7 @@ def load_pipeline(
             summary = f"could not load model {model!r}: {hint}"
             raise ModelLoadError(f"{summary}. ({type(exc).__name__}: {exc})", summary) from exc
         check_tokenizers(pipe)
-    pipe = pipe.to(device=device, dtype=torch_dtype)
+    pipe = pipe.to(device)  # already in torch_dtype: loaded that way, or the tiny model kept in fp32
     if torch_dtype == torch.float16 and pipe.vae.config.force_upcast:
         # SDXL's VAE overflows in fp16 (diffusers upcasts it for every decode); keep it in fp32 for good.
         pipe.vae.to(dtype=torch.float32)
