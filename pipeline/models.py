@@ -42,6 +42,12 @@ SDXL_SCHEDULER_CONFIG = dict(
     timestep_spacing="leading",
     interpolation_type="linear",
     use_karras_sigmas=False,
+    # Not read by Euler, but kept in the config so that DDIM built `from_config` behaves as on the real model:
+    # no clipping of x0 to [-1, 1], and the last step's alpha is the schedule's, not 1.
+    clip_sample=False,
+    set_alpha_to_one=False,
+    sample_max_value=1.0,
+    skip_prk_steps=True,
 )
 
 
@@ -150,7 +156,7 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         tokenizer=tokenizer,
         tokenizer_2=tiny_tokenizer(),
         unet=unet.eval(),
-        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )

@@ -266,3 +266,12 @@ def test_resolve_dtype_refuses_unknown_name():
 def test_load_pipeline_checks_dtype_before_loading(no_network):
     with pytest.raises(ValueError, match=r"^dtype"):
         load_pipeline("nobody/not-a-model", device="cpu", dtype="float16")
+
+
+def test_tiny_scheduler_config_gives_ddim_sdxls_settings(tiny_pipe):
+    from pipeline.schedulers import make_scheduler
+
+    ddim = make_scheduler(tiny_pipe, "ddim")
+    # SDXL base's scheduler_config.json: no x0 clipping, final alpha from the schedule
+    assert ddim.config.clip_sample is False and ddim.config.set_alpha_to_one is False
+    assert ddim.config.timestep_spacing == "leading" and ddim.config.steps_offset == 1
