@@ -88,3 +88,15 @@ def guidance_stats(noise_pred_cond: Tensor, noise_pred_uncond: Tensor) -> tuple[
     norm = (cond - uncond).norm(dim=1)
     cosine = torch.nn.functional.cosine_similarity(cond, uncond, dim=1)
     return norm, cosine
+
+
+def weighted(noise_preds: list[Tensor], weights: list[float], noise_pred_uncond: Tensor | None) -> Tensor:
+    """Weighted prompts (Crowson's `cfg_sample`): sum_i w_i eps_i + (1 - sum_i w_i) eps_u.
+
+    One prompt at weight w is exactly CFG at scale w. The baseline may be None when its weight is 0.
+    """
+    baseline_weight = 1.0 - sum(weights)
+    result = noise_pred_uncond * baseline_weight if noise_pred_uncond is not None else 0.0
+    for noise_pred, weight in zip(noise_preds, weights):
+        result = result + weight * noise_pred
+    return result

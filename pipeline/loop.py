@@ -2,14 +2,17 @@
 
 Recipe (as in diffusers' `StableDiffusionXLPipeline.__call__`, which is our oracle): encode the prompts,
 build a fresh scheduler, draw one seeded noise tensor per image, then for each timestep run the UNet on
-[baseline, conditional] (or only the one prediction the mode needs), combine, and step the scheduler once.
+the predictions the mode needs ([baseline, conditional] for CFG), combine them, and step the scheduler once.
+
+Several requests that share a scheduler, step count and size can run as one batch (`denoise_batch`): each
+keeps its own mode, scale, schedule and seeds, and all their UNet passes go through one UNet call per step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from diffusers import StableDiffusionXLPipeline
@@ -18,11 +21,16 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import Tensor
 
-from .conditioning import PromptEmbeds, encode_request
-from .guidance import apply_guidance, guidance_stats, required_predictions
+from . import methods
+from .conditioning import PromptEmbeds, encode, encode_request
+from .decompose import Decomposition, alpha_bar, pred_x0
+from .guidance import apply_guidance, guidance_stats, required_predictions, weighted
 from .previews import final_images
 from .request import GenerationRequest
 from .schedulers import make_scheduler, pred_original_sample, step_kwargs
+from .schedules import in_interval, progress, scheduled_scale
+
+UNCOND, COND = "uncond", "cond"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +43,11 @@ class StepEvent:
     seeds: tuple[int, ...]
     latents: Tensor  # x_{t-1}, (B, 4, H/f, W/f), f = pipe.vae_scale_factor
     pred_x0: Tensor  # the scheduler's clean-latent estimate, (B, 4, H/f, W/f): the preview source
+    guidance_scale: float = 1.0  # the scale used at this step (after schedule and interval)
+    unet_passes: int = 1  # predictions computed per image at this step (0, 1, 2, or more when weighted)
     guidance_norm: Tensor | None = None  # ||eps_c - eps_u|| per image, (B,); None where one pass ran
     cosine: Tensor | None = None  # cosine(eps_c, eps_u) per image, (B,); None where one pass ran
+    decomposition: Decomposition | None = None  # only when the request names a `decompose_seed`
     images: tuple[Image.Image, ...] | None = None  # final event only: one full-size image per seed
 
     @property
@@ -52,76 +63,180 @@ def make_generators(seeds: tuple[int, ...]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
 
-def _unet_inputs(
-    pipe: StableDiffusionXLPipeline, parts: list[PromptEmbeds], batch: int, height: int, width: int
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Text embeddings and SDXL's micro-conditioning for the stacked passes, (len(parts) * B, ...)."""
-    device = pipe._execution_device
-    prompt_embeds = torch.cat([p.repeat(batch).prompt_embeds for p in parts]).to(device)
-    text_embeds = torch.cat([p.repeat(batch).pooled for p in parts]).to(device)
-    # original_size = target_size = (height, width) with no crop: diffusers' default micro-conditioning
-    # (Podell et al. 2023, sec. 2.2).
-    time_ids = pipe._get_add_time_ids(
-        (height, width),
-        (0, 0),
-        (height, width),
-        dtype=prompt_embeds.dtype,
-        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
-    )
-    time_ids = time_ids.to(device).repeat(len(parts) * batch, 1)
-    return prompt_embeds, {"text_embeds": text_embeds, "time_ids": time_ids}
+@dataclass
+class _Lane:
+    """One request's share of a batch: its rows, its embeddings by part name, and its per-run state."""
+
+    request: GenerationRequest
+    rows: slice
+    embeds: dict[str, PromptEmbeds]
+    momentum: methods.MomentumBuffer | None
+
+    @property
+    def batch(self) -> int:
+        return len(self.request.seeds)
+
+
+def _lane(pipe: StableDiffusionXLPipeline, request: GenerationRequest, rows: slice) -> _Lane:
+    cond, baseline = encode_request(pipe, request)
+    embeds = {COND: cond, UNCOND: baseline}
+    for k, (text, _) in enumerate(request.weighted_prompts if request.mode == "weighted" else ()):
+        embeds[f"w{k}"] = encode(pipe, text)
+    # APG's momentum is per run, as the guider's buffer, made afresh at step 0 (its `prepare_inputs`).
+    momentum = methods.MomentumBuffer(request.apg_momentum) if request.mode == "apg" and request.apg_momentum else None
+    return _Lane(request, rows, embeds, momentum)
+
+
+def _plan(request: GenerationRequest, i: int, total: int) -> tuple[tuple[str, ...], float]:
+    """The predictions step i needs, in diffusers' batch order, and the guidance scale it uses."""
+    mode = request.mode
+    if mode == "cond_only":
+        return (COND,), 1.0
+    if mode == "uncond_only":
+        return (UNCOND,), 1.0
+    if mode == "cfg_zero_star" and i < request.zero_init_steps:
+        return (), 0.0  # zero-init: the prediction is 0, and no UNet pass is needed for it
+    if mode == "weighted":
+        weights = [w for _, w in request.weighted_prompts]
+        parts = tuple(f"w{k}" for k, w in enumerate(weights) if w != 0.0)
+        return ((UNCOND,) if request.baseline_weight != 0.0 else ()) + parts, 1.0
+    if not in_interval(i, total, request.guidance_interval):
+        return (COND,), 1.0  # outside the interval: no guidance, the conditional prediction alone
+    scale = scheduled_scale(request.guidance_schedule, request.guidance_scale, progress(i, total), request.guidance_cutoff)
+    if mode in ("apg", "cfg_zero_star"):
+        return ((COND,) if scale == 1.0 else (UNCOND, COND)), scale
+    need_uncond, need_cond = required_predictions(mode, scale)
+    return (UNCOND,) * need_uncond + (COND,) * need_cond, scale
+
+
+def _combine(lane: _Lane, preds: dict[str, Tensor], scale: float, like: Tensor) -> Tensor:
+    request = lane.request
+    cond, uncond = preds.get(COND), preds.get(UNCOND)
+    if not preds:
+        return torch.zeros_like(like)
+    if request.mode == "weighted":
+        weights = [w for _, w in request.weighted_prompts]
+        used = [(preds[f"w{k}"], w) for k, w in enumerate(weights) if w != 0.0]
+        return weighted([p for p, _ in used], [w for _, w in used], uncond)
+    if cond is None or uncond is None:
+        return apply_guidance(request.mode, cond, uncond, scale)
+    if request.mode == "apg":
+        noise_pred = methods.apg(cond, uncond, scale, lane.momentum, request.apg_eta, request.apg_norm_threshold)
+    elif request.mode == "cfg_zero_star":
+        noise_pred = methods.cfg_zero_star(cond, uncond, scale)
+    else:
+        noise_pred = apply_guidance(request.mode, cond, uncond, scale)
+    return methods.rescale(noise_pred, cond, request.guidance_rescale)
+
+
+def _check_batchable(requests: Sequence[GenerationRequest]) -> None:
+    first = requests[0]
+    for other in requests[1:]:
+        for name in ("scheduler", "steps", "width", "height", "eta"):
+            if getattr(other, name) != getattr(first, name):
+                raise ValueError(f"{name}: requests run as one batch must share it ({getattr(first, name)!r} vs "
+                                 f"{getattr(other, name)!r})")
 
 
 @torch.no_grad()
-def denoise(pipe: StableDiffusionXLPipeline, request: GenerationRequest) -> Iterator[StepEvent]:
-    """Run the request's denoising loop, yielding one `StepEvent` per step. Decodes nothing."""
+def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest]) -> Iterator[tuple[StepEvent, ...]]:
+    """Run several requests as one batch, yielding one `StepEvent` per request per step. Decodes nothing.
+
+    The requests must share scheduler, steps, size and eta; each image still depends only on its own
+    request and seed (one generator per image).
+    """
+    if not requests:
+        raise ValueError("requests: need at least one request")
+    _check_batchable(requests)
+    first = requests[0]
     device = pipe._execution_device
-    batch = len(request.seeds)
-    scheduler = make_scheduler(pipe, request.scheduler)
-    timesteps, _ = retrieve_timesteps(scheduler, request.steps, device)
+    scheduler = make_scheduler(pipe, first.scheduler)
+    timesteps, _ = retrieve_timesteps(scheduler, first.steps, device)
     total = len(timesteps)
 
-    cond, baseline = encode_request(pipe, request)
-    need_uncond, need_cond = required_predictions(request.mode, request.guidance_scale)
-    # [baseline, conditional]: diffusers' batch order, which keeps our numbers bit-identical to its own.
-    parts = [baseline] * need_uncond + [cond] * need_cond
-    prompt_embeds, added_cond_kwargs = _unet_inputs(pipe, parts, batch, request.height, request.width)
+    lanes, start = [], 0
+    for request in requests:
+        lanes.append(_lane(pipe, request, slice(start, start + len(request.seeds))))
+        start += len(request.seeds)
+    dtype = lanes[0].embeds[COND].prompt_embeds.dtype
+    # SDXL micro-conditioning: original_size = target_size = (height, width), no crop; diffusers' default
+    # (Podell et al. 2023, sec. 2.2).
+    time_ids = pipe._get_add_time_ids(
+        (first.height, first.width), (0, 0), (first.height, first.width), dtype=dtype,
+        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+    ).to(device)
 
-    generators = make_generators(request.seeds)
+    generators = [g for request in requests for g in make_generators(request.seeds)]
     f = pipe.vae_scale_factor
-    shape = (batch, pipe.unet.config.in_channels, request.height // f, request.width // f)
-    latents = randn_tensor(shape, generator=generators, device=device, dtype=prompt_embeds.dtype)
+    shape = (len(generators), pipe.unet.config.in_channels, first.height // f, first.width // f)
+    latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
     latents = latents * scheduler.init_noise_sigma  # (B, 4, H/f, W/f)
-    extra = step_kwargs(scheduler, generators, request.eta)
+    extra = step_kwargs(scheduler, generators, first.eta)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(0)
+    prediction_type = scheduler.config.prediction_type
+    conditioning: dict[tuple, tuple[Tensor, dict[str, Tensor]]] = {}
 
     for i, t in enumerate(timesteps):
-        model_input = scheduler.scale_model_input(torch.cat([latents] * len(parts)), t)
-        noise_pred_all = pipe.unet(
-            model_input, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs=added_cond_kwargs, return_dict=False
-        )[0]
-        chunks = noise_pred_all.chunk(len(parts))  # each (B, 4, H/f, W/f)
-        noise_pred_uncond = chunks[0] if need_uncond else None
-        noise_pred_cond = chunks[-1] if need_cond else None
-        noise_pred = apply_guidance(request.mode, noise_pred_cond, noise_pred_uncond, request.guidance_scale)
+        plans = [_plan(lane.request, i, total) for lane in lanes]
+        order = [(k, part) for k, (parts, _) in enumerate(plans) for part in parts]
+        scaled = scheduler.scale_model_input(latents, t)  # the variance-preserving model input, (B, 4, h, w)
+        preds: list[dict[str, Tensor]] = [{} for _ in lanes]
+        if order:
+            key = tuple(order)
+            if key not in conditioning:  # stacked once per distinct plan, not every step
+                embeds = [lanes[k].embeds[part].repeat(lanes[k].batch) for k, part in order]
+                conditioning[key] = (
+                    torch.cat([e.prompt_embeds for e in embeds]).to(device),
+                    {"text_embeds": torch.cat([e.pooled for e in embeds]).to(device),
+                     "time_ids": time_ids.repeat(sum(lanes[k].batch for k, _ in order), 1)},
+                )
+            prompt_embeds, added_cond_kwargs = conditioning[key]
+            model_input = torch.cat([scaled[lanes[k].rows] for k, _ in order])
+            noise_all = pipe.unet(
+                model_input, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs=added_cond_kwargs,
+                return_dict=False,
+            )[0]
+            for (k, part), chunk in zip(order, noise_all.split([lanes[k].batch for k, _ in order])):
+                preds[k][part] = chunk  # each (B_lane, 4, h, w)
 
-        norm = cosine = None
-        if need_uncond and need_cond:
-            norm, cosine = guidance_stats(noise_pred_cond, noise_pred_uncond)
+        noise_preds, extras = [], []
+        alpha = None
+        for lane, (parts, scale), lane_preds in zip(lanes, plans, preds):
+            noise_pred = _combine(lane, lane_preds, scale, latents[lane.rows])
+            noise_preds.append(noise_pred)
+            norm = cosine = decomposition = None
+            if COND in lane_preds and UNCOND in lane_preds:
+                norm, cosine = guidance_stats(lane_preds[COND], lane_preds[UNCOND])
+            seed = lane.request.decompose_seed
+            if seed is not None:
+                j = lane.request.seeds.index(seed)
+                alpha = alpha_bar(scheduler, t) if alpha is None else alpha  # before step() moves the index
+                x = scaled[lane.rows][j : j + 1]
 
-        output = scheduler.step(noise_pred, t, latents, **extra)  # once per step: schedulers keep state
+                def x0(pred: Tensor | None) -> Tensor | None:
+                    return None if pred is None else pred_x0(pred[j : j + 1], x, alpha, prediction_type)
+
+                decomposition = Decomposition(seed, x0(lane_preds.get(UNCOND)), x0(lane_preds.get(COND)), x0(noise_pred))
+            extras.append((scale, len(parts), norm, cosine, decomposition))
+
+        output = scheduler.step(torch.cat(noise_preds), t, latents, **extra)  # once per step: it keeps state
         latents = output.prev_sample
-        yield StepEvent(
-            step=i + 1,
-            total=total,
-            timestep=float(t),
-            seeds=request.seeds,
-            latents=latents,
-            pred_x0=pred_original_sample(scheduler, output),
-            guidance_norm=norm,
-            cosine=cosine,
+        x0_all = pred_original_sample(scheduler, output)
+        yield tuple(
+            StepEvent(
+                step=i + 1, total=total, timestep=float(t), seeds=lane.request.seeds,
+                latents=latents[lane.rows], pred_x0=x0_all[lane.rows], guidance_scale=scale, unet_passes=passes,
+                guidance_norm=norm, cosine=cosine, decomposition=decomposition,
+            )
+            for lane, (scale, passes, norm, cosine, decomposition) in zip(lanes, extras)
         )
+
+
+def denoise(pipe: StableDiffusionXLPipeline, request: GenerationRequest) -> Iterator[StepEvent]:
+    """Run one request's denoising loop, yielding one `StepEvent` per step. Decodes nothing."""
+    for (event,) in denoise_batch(pipe, [request]):
+        yield event
 
 
 def generate(pipe: StableDiffusionXLPipeline, request: GenerationRequest) -> Iterator[StepEvent]:

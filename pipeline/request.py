@@ -10,7 +10,18 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-MODES: tuple[str, ...] = ("cfg", "reversed", "negative_direction", "cond_only", "uncond_only")
+from .schedules import SCHEDULES
+
+MODES: tuple[str, ...] = (
+    "cfg",
+    "reversed",
+    "negative_direction",
+    "cond_only",
+    "uncond_only",
+    "apg",
+    "cfg_zero_star",
+    "weighted",
+)
 SCHEDULERS: tuple[str, ...] = ("euler", "euler_a", "ddim", "dpmpp_2m")
 UNCONDS: tuple[str, ...] = ("zeros", "empty")
 
@@ -21,9 +32,16 @@ SIZE_RANGE = (64, 2048)
 SIZE_MULTIPLE = 8
 MAX_SEEDS = 16
 SEED_RANGE = (0, 2**32 - 1)
+RESCALE_RANGE = (0.0, 1.0)
+FRACTION_RANGE = (0.0, 1.0)
+MAX_WEIGHTED_PROMPTS = 4
+WEIGHT_RANGE = (-20.0, 20.0)
+APG_MOMENTUM_RANGE = (-1.0, 1.0)
+APG_NORM_THRESHOLD_RANGE = (0.0, 100.0)
+ZERO_INIT_STEPS_RANGE = (0, 200)
 
 # Modes whose prediction depends on the prompt: for these an empty prompt is a mistake, not an experiment.
-MODES_NEEDING_PROMPT = frozenset({"cfg", "reversed", "negative_direction", "cond_only"})
+MODES_NEEDING_PROMPT = frozenset({"cfg", "reversed", "negative_direction", "cond_only", "apg", "cfg_zero_star"})
 
 
 class RequestError(ValueError):
@@ -72,11 +90,31 @@ class GenerationRequest:
     scheduler: str = "euler"
     eta: float = 0.0  # DDIM's eta (Song et al. 2020, eq. 16); other schedulers ignore it
     uncond: str = "zeros"  # the baseline: SDXL's all-zero embeddings, or the encoded empty prompt
+    # Guidance lab. Schedules change the scale over the run; outside the interval no guidance is applied
+    # (the conditional prediction alone, one UNet pass).
+    guidance_schedule: str = "constant"
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the run, as diffusers.guiders counts
+    guidance_cutoff: float = 0.4  # the `cutoff` schedule's switch-off point
+    guidance_rescale: float = 0.0  # phi of Lin et al. 2023 (arXiv 2305.08891), as diffusers' argument
+    # mode="weighted" (Crowson's cfg_sample): (prompt, weight) pairs; the baseline gets 1 - sum(weights)
+    weighted_prompts: tuple[tuple[str, float], ...] = ()
+    # mode="apg": adaptive projected guidance (Sadat et al. 2024, arXiv 2410.02416)
+    apg_eta: float = 0.0  # weight of the update's component parallel to eps_c; the paper uses 0
+    apg_momentum: float = -0.5  # negative momentum on the update, the paper's choice
+    apg_norm_threshold: float = 15.0  # the update's norm is capped at this; 0 turns the cap off
+    # mode="cfg_zero_star" (Fan et al. 2025, arXiv 2503.18886): the first steps output zero
+    zero_init_steps: int = 1
+    # the seed whose unconditional, conditional and guided predictions are decomposed at every step
+    decompose_seed: int | None = None
 
     def __post_init__(self) -> None:
         # Lists arrive from JSON and UIs; a tuple keeps the request hashable and immutable.
         if isinstance(self.seeds, list):
             object.__setattr__(self, "seeds", tuple(self.seeds))
+        if isinstance(self.guidance_interval, list):
+            object.__setattr__(self, "guidance_interval", tuple(self.guidance_interval))
+        if isinstance(self.weighted_prompts, list):
+            object.__setattr__(self, "weighted_prompts", tuple(tuple(p) for p in self.weighted_prompts))
         for name in ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2"):
             if not isinstance(getattr(self, name), str):
                 raise RequestError(name, f"must be text, got {type(getattr(self, name)).__name__}")
@@ -95,14 +133,50 @@ class GenerationRequest:
             raise RequestError("seeds", f"must list from 1 to {MAX_SEEDS} seeds, got {self.seeds!r}")
         for seed in self.seeds:
             _check_int_range("seeds", seed, *SEED_RANGE)
+        self._check_lab()
         if self.mode in MODES_NEEDING_PROMPT and not self.prompt.strip():
             raise RequestError("prompt", f"must not be empty in mode {self.mode!r}")
         if self.mode == "negative_direction" and not self.negative_prompt.strip():
             raise RequestError("negative_prompt", "must not be empty in mode 'negative_direction'")
 
+    def _check_lab(self) -> None:
+        _check_choice("guidance_schedule", self.guidance_schedule, SCHEDULES)
+        interval = self.guidance_interval
+        if (
+            not isinstance(interval, tuple)
+            or len(interval) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
+            or not 0.0 <= interval[0] < interval[1] <= 1.0
+        ):
+            raise RequestError("guidance_interval", f"must be (start, stop) with 0 <= start < stop <= 1, got {interval!r}")
+        _check_float_range("guidance_cutoff", self.guidance_cutoff, *FRACTION_RANGE)
+        _check_float_range("guidance_rescale", self.guidance_rescale, *RESCALE_RANGE)
+        _check_float_range("apg_eta", self.apg_eta, 0.0, 1.0)
+        _check_float_range("apg_momentum", self.apg_momentum, *APG_MOMENTUM_RANGE)
+        _check_float_range("apg_norm_threshold", self.apg_norm_threshold, *APG_NORM_THRESHOLD_RANGE)
+        _check_int_range("zero_init_steps", self.zero_init_steps, *ZERO_INIT_STEPS_RANGE)
+        prompts = self.weighted_prompts
+        if not isinstance(prompts, tuple) or len(prompts) > MAX_WEIGHTED_PROMPTS:
+            raise RequestError("weighted_prompts", f"must list at most {MAX_WEIGHTED_PROMPTS} (prompt, weight) pairs")
+        for pair in prompts:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and pair[0].strip()):
+                raise RequestError("weighted_prompts", f"each entry must be (non-empty prompt, weight), got {pair!r}")
+            _check_float_range("weighted_prompts", pair[1], *WEIGHT_RANGE)
+        if self.mode == "weighted" and not prompts:
+            raise RequestError("weighted_prompts", "mode 'weighted' needs at least one (prompt, weight) pair")
+        if self.decompose_seed is not None and self.decompose_seed not in self.seeds:
+            raise RequestError("decompose_seed", f"must be one of the seeds {list(self.seeds)}, got {self.decompose_seed!r}")
+
+    @property
+    def baseline_weight(self) -> float:
+        """Weighted mode: the baseline's weight, 1 - sum(weights), so that the weights sum to 1."""
+        return 1.0 - sum(weight for _, weight in self.weighted_prompts)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["seeds"] = list(self.seeds)
+        data["guidance_interval"] = list(self.guidance_interval)
+        data["weighted_prompts"] = [list(p) for p in self.weighted_prompts]
         return data
 
     @classmethod

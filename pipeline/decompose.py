@@ -1,0 +1,45 @@
+"""Clean-image estimates from any noise prediction, for the decomposition view.
+
+The scheduler only reports x0 for the guided prediction it steps with. To show what the unconditional and
+conditional predictions alone would give, we apply the same conversion to each: with the model input
+x (the variance-preserving sample) and alpha_bar_t, eps-prediction gives x0 = (x - sqrt(1 - a) eps) / sqrt(a)
+(Ho et al. 2020, eq. 15) and v-prediction gives x0 = sqrt(a) x - sqrt(1 - a) v (Salimans & Ho 2022, sec. 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True, slots=True)
+class Decomposition:
+    """One seed's predicted clean latents at one step, each (1, 4, H/f, W/f); None where not computed."""
+
+    seed: int
+    uncond: Tensor | None
+    cond: Tensor | None
+    guided: Tensor
+
+
+def alpha_bar(scheduler, timestep) -> float:
+    """alpha_bar at the step about to be taken. Sigma-based schedulers (Euler, DPM-Solver) may sit between
+    training timesteps, so read their current sigma (sigma^2 = (1 - a) / a); else index alphas_cumprod."""
+    sigmas, index = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
+    if sigmas is not None and index is not None:
+        sigma = float(sigmas[index])
+        return 1.0 / (1.0 + sigma * sigma)
+    return float(scheduler.alphas_cumprod[int(timestep)])
+
+
+def pred_x0(model_output: Tensor, model_input: Tensor, alpha: float, prediction_type: str) -> Tensor:
+    """x0 from one model output, given the scaled model input and alpha_bar_t (see the module docstring)."""
+    a = torch.tensor(alpha, dtype=torch.float64)
+    sqrt_a, sqrt_1ma = a.sqrt().item(), (1 - a).sqrt().item()
+    if prediction_type == "epsilon":
+        return (model_input - sqrt_1ma * model_output) / sqrt_a
+    if prediction_type == "v_prediction":
+        return sqrt_a * model_input - sqrt_1ma * model_output
+    raise ValueError(f"prediction_type: decomposition supports epsilon and v_prediction, got {prediction_type!r}")
