@@ -19,6 +19,14 @@ class NamedErrors:
 
     is_template = True  # render with Gradio's own component of the base class
 
+    def get_block_name(self) -> str:
+        # Gradio names the Svelte component after `__class__.__base__`, which here is this mixin: the page
+        # would ask for a "namederrors" component that does not exist, and never finish loading.
+        gradio_class = next(c for c in type(self).__mro__ if c.__module__.startswith("gradio."))
+        return gradio_class.__name__.lower()
+
+    get_block_class = get_block_name
+
     def preprocess(self, payload):
         try:
             return super().preprocess(payload)
