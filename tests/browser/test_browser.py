@@ -1,0 +1,320 @@
+"""Drive the real page in headless Chromium: set controls by their labels, watch live previews stream,
+see the final gallery, Stop a run mid-way, and run again afterwards.
+
+Runs the app in-process on the tiny random model. Screenshots and the click-to-first-preview time go to
+`screenshots/` at the repo root (git-ignored):
+
+    python -m pytest tests/browser -q -s
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+try:
+    import playwright.sync_api  # noqa: F401
+
+    PLAYWRIGHT = True
+except ImportError:
+    PLAYWRIGHT = False
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium at /usr/bin/chromium or on PATH (apt-get install -y chromium)"),
+    pytest.mark.skipif(not PLAYWRIGHT, reason="the playwright Python package is not installed (pip install playwright)"),
+]
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "screenshots"
+UNET_DELAY = 0.15  # seconds added to each tiny-UNet call, so a run lasts long enough to watch and to Stop
+TIMEOUT_MS = 30_000  # generous: the test machine has 2 slow cores
+STOP_SETTLE = 1.5  # seconds to watch a stopped run for signs of life
+
+
+class SlowUNet:
+    """Wraps the tiny UNet's forward with a sleep and counts calls; restores it on exit.
+
+    The tiny model denoises a 64 px image in milliseconds: without the delay a run ends before a person (or
+    this test) could see a preview or press Stop. The counter shows whether a stopped run really stopped.
+    """
+
+    def __init__(self, unet, delay: float):
+        self.unet, self.delay, self.calls = unet, delay, 0
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        original = self.unet.forward
+
+        def forward(*args, **kwargs):
+            with self._lock:
+                self.calls += 1
+            time.sleep(self.delay)
+            return original(*args, **kwargs)
+
+        self.unet.forward = forward  # instance attribute: nn.Module.__call__ finds it before the class method
+        return self
+
+    def __exit__(self, *exc):
+        del self.unet.forward
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- fixtures: one app, one browser page, for the whole module ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    import pipeline
+    import pipeline.presets
+    import ui
+    from ui import render
+
+    pipe = pipeline.tiny_pipeline(0)
+    handlers = ui.Handlers(
+        pipe, taesd=pipeline.tiny_taesd(), model_name="tiny", presets=pipeline.presets.load_presets(),
+        output_dir=tmp_path_factory.mktemp("outputs"),
+    )
+    demo = ui.build_demo(handlers, banner=render.banner("tiny", None), default_size=64)
+    demo.queue()
+    port = free_port()
+    with SlowUNet(pipe.unet, UNET_DELAY) as unet:
+        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+        try:
+            yield f"http://127.0.0.1:{port}/", unet
+        finally:
+            demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = app
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url, wait_until="domcontentloaded")
+            page.get_by_role("button", name="Generate", exact=True).wait_for()
+            # A component the page cannot load leaves a "Loading..." cover over everything, and demo.load
+            # (settings from the URL) runs once on open: wait for every progress cover to go.
+            page.wait_for_function(
+                "() => document.querySelectorAll('[data-testid=status-tracker]:not(.hide)').length === 0"
+            )
+            # Keep every text the status line shows, short-lived ones too: some last a few milliseconds.
+            page.evaluate(
+                """() => { window.statusLog = []; const el = document.querySelector('#status');
+                new MutationObserver(() => window.statusLog.push([Math.round(performance.now()), el.innerText]))
+                    .observe(el, {subtree: true, childList: true, characterData: true}); }"""
+            )
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def timings():
+    """Named durations in seconds; written to screenshots/timings.txt when the module ends."""
+    found: dict[str, float] = {}
+    yield found
+    if found:
+        SCREENSHOTS.mkdir(exist_ok=True)
+        path = SCREENSHOTS / "timings.txt"
+        path.write_text("".join(f"{name}: {seconds:.3f} s\n" for name, seconds in found.items()))
+        print(f"\ntimings: {path}")
+
+
+@pytest.fixture
+def on_failure(page, request):
+    """On a failure, keep a screenshot and print everything the status line showed."""
+    yield
+    report = getattr(request.node, "rep_call", None)  # set by tests/browser/conftest.py
+    if report is not None and report.failed:
+        print(f"\nstatus: {status_text(page)!r}; captions: {captions(page)}")
+        for when, text in status_log(page):
+            print(f"  {when} ms: {text!r}")
+        screenshot(page, f"failure-{request.node.name}.png")
+
+
+# --- finding controls by their labels --------------------------------------------------------------------
+
+
+def block(page, label: str):
+    """The component block whose label is exactly `label` (an info line under the label is not part of it)."""
+    title = page.get_by_test_id("block-info").filter(has_text=re.compile(rf"^\s*{re.escape(label)}\s*$"))
+    found = title.locator("xpath=ancestor::*[contains(concat(' ', normalize-space(@class), ' '), ' block ')][1]")
+    assert found.count() == 1, f"expected one block labelled {label!r}, found {found.count()}"
+    return found
+
+
+def set_text(page, label: str, text: str) -> None:
+    box = block(page, label).locator("textarea, input[type=text]")
+    box.fill(text)
+    box.blur()
+
+
+def set_slider(page, label: str, value: float) -> None:
+    """A Gradio slider is a number box and a range input under one label: type into the number box."""
+    slider = block(page, label)
+    number = slider.locator("input[type=number]")
+    number.fill(str(value))
+    number.press("Enter")
+    number.blur()
+    # the range input follows once Gradio has taken the value
+    page.wait_for_function(
+        "([el, v]) => Number(el.value) === v", arg=[slider.locator("input[type=range]").element_handle(), value]
+    )
+
+
+def choose(page, label: str, choice: str) -> None:
+    block(page, label).get_by_label(choice, exact=True).check()
+
+
+def configure(page, steps: int, seeds: int) -> None:
+    set_slider(page, "Steps", steps)
+    set_slider(page, "Number of seeds", seeds)
+
+
+# --- reading the page ------------------------------------------------------------------------------------
+
+
+def status_text(page) -> str:
+    return page.locator("#status").inner_text()
+
+
+def status_log(page, since: float = 0) -> list[tuple[int, str]]:
+    return [(when, text) for when, text in page.evaluate("() => window.statusLog") if when >= since]
+
+
+def now_ms(page) -> float:
+    return page.evaluate("() => performance.now()")
+
+
+def captions(page) -> list[str]:
+    return [c.strip() for c in page.locator("#images .caption-label").all_inner_texts()]
+
+
+def wait_for_text(page, selector: str, pattern: str, timeout: float = TIMEOUT_MS) -> float:
+    """Wait until the element's text matches the JS regex `pattern`; return when (perf_counter)."""
+    page.wait_for_function(
+        "([sel, pat]) => { const el = document.querySelector(sel); return !!el && new RegExp(pat).test(el.innerText); }",
+        arg=[selector, pattern], timeout=timeout, polling=50,
+    )
+    return time.perf_counter()
+
+
+def wait_for_captions(page, expected: list[str]) -> None:
+    page.wait_for_function(
+        "(want) => JSON.stringify([...document.querySelectorAll('#images .caption-label')]"
+        ".map(e => e.innerText.trim())) === JSON.stringify(want)",
+        arg=expected,
+    )
+
+
+def wait_for_status_log(page, pattern: str, since: float) -> None:
+    """Wait until the status line has shown a text matching `pattern` at some moment after `since`."""
+    page.wait_for_function(
+        "([pat, since]) => window.statusLog.some(([when, text]) => when >= since && new RegExp(pat).test(text))",
+        arg=[pattern, since], polling=50,
+    )
+
+
+def screenshot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    path = SCREENSHOTS / name
+    page.screenshot(path=str(path), full_page=True)
+    print(f"\nscreenshot: {path}")
+    return path
+
+
+def start_and_stop(page, unet, steps: int = 40) -> float:
+    """Start a long run, press Stop a few steps in, and wait until the server has quiet. Returns the time
+    (page clock, ms) of the Generate click."""
+    configure(page, steps=steps, seeds=2)
+    since = now_ms(page)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    wait_for_text(page, "#status", rf"Denoising: step ([3-9]|[1-9]\d)/{steps}")
+    page.get_by_role("button", name="Stop", exact=True).click()
+    wait_for_status_log(page, r"Stopped\.", since)
+    time.sleep(0.5)  # Stop ends the worker within a step; then the UNet must stay idle
+    calls = unet.calls
+    time.sleep(STOP_SETTLE)
+    assert unet.calls == calls, f"the UNet kept running after Stop: {calls} -> {unet.calls} calls"
+    return since
+
+
+# --- the tests -------------------------------------------------------------------------------------------
+
+
+def test_generate_streams_previews_then_final_images(page, timings, on_failure):
+    # The page says it runs the tiny model.
+    assert "tiny random demo model" in page.locator("#model-banner").inner_text()
+
+    set_text(page, "Prompt", "a lighthouse at dusk, oil painting")
+    configure(page, steps=8, seeds=2)
+    set_slider(page, "Width", 64)
+    set_slider(page, "Height", 64)
+    choose(page, "Preview decoder", "Linear approximation (free, blurry)")
+
+    clicked = time.perf_counter()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    first_preview = wait_for_text(page, "#images", r"seed 1 · step \d+/8") - clicked
+    timings["click to first preview (8 steps, 2 seeds, 64 px, linear previews, "
+            f"+{UNET_DELAY} s per UNet call, first run)"] = first_preview
+    print(f"\nclick to first preview: {first_preview:.3f} s")
+    wait_for_text(page, "#status", r"Denoising: step \d+/8|Done: step 8/8")
+    screenshot(page, "1-previews.png")
+
+    wait_for_text(page, "#status", r"Done: step 8/8")
+    wait_for_captions(page, ["seed 1", "seed 2"])
+    assert page.locator("#images img").count() >= 2
+    screenshot(page, "2-final.png")
+
+
+def test_stop_ends_the_run_and_the_page_still_works(app, page, timings, on_failure):
+    _, unet = app
+    since = start_and_stop(page, unet)
+
+    shown = [text for _, text in status_log(page, since)]
+    assert not any(re.search(r"Done: step \d+/40", text) for text in shown), f"a stopped run reached Done: {shown}"
+    stopped = captions(page)
+    assert stopped and all(re.fullmatch(r"seed \d+ · step \d+/40", c) for c in stopped), stopped
+    assert not any(c.endswith(" 40/40") for c in stopped), stopped
+    screenshot(page, "3-stopped.png")
+
+    # A new run after Stop works.
+    configure(page, steps=4, seeds=1)
+    clicked = time.perf_counter()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    again = wait_for_text(page, "#images", r"seed 1 · step \d+/4") - clicked
+    timings["click to first preview (4 steps, 1 seed, run after a Stop)"] = again
+    wait_for_text(page, "#status", r"Done: step 4/4")
+    wait_for_captions(page, ["seed 1"])
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="ui bug: the Stop button's 'Stopped.' is often overwritten by a last 'Denoising: step k/N' frame "
+    "from the cancelled run (Gradio applies the stop handler's output before the cancel takes effect)",
+)
+def test_status_still_says_stopped_once_the_run_has_ended(app, page, on_failure):
+    _, unet = app
+    start_and_stop(page, unet)
+    assert "Stopped." in status_text(page), "after Stop the status line should keep saying so"
