@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import torch
 from diffusers import StableDiffusionXLPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import retrieve_timesteps
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import retrieve_latents
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import Tensor
@@ -25,7 +26,7 @@ from . import methods
 from .conditioning import PromptEmbeds, encode, encode_request
 from .decompose import Decomposition, alpha_bar, pred_x0
 from .guidance import apply_guidance, guidance_stats, required_predictions, weighted
-from .previews import final_images
+from .previews import final_images, prepare_vae
 from .request import GenerationRequest
 from .schedulers import make_scheduler, pred_original_sample, step_kwargs
 from .schedules import in_interval, progress, scheduled_scale
@@ -130,12 +131,67 @@ def _combine(lane: _Lane, preds: dict[str, Tensor], scale: float, like: Tensor) 
 
 
 def _check_batchable(requests: Sequence[GenerationRequest]) -> None:
-    first = requests[0]
-    for other in requests[1:]:
-        for name in ("scheduler", "steps", "width", "height", "eta"):
-            if getattr(other, name) != getattr(first, name):
-                raise ValueError(f"{name}: requests run as one batch must share it ({getattr(first, name)!r} vs "
-                                 f"{getattr(other, name)!r})")
+    def shared(r: GenerationRequest) -> dict:
+        img2img = r.init_image is not None
+        return {"scheduler": r.scheduler, "steps": r.steps, "width": r.width, "height": r.height, "eta": r.eta,
+                "init_image": img2img, "strength": r.strength if img2img else None}
+
+    first = shared(requests[0])
+    for other in map(shared, requests[1:]):
+        for name, value in first.items():
+            if other[name] != value:
+                raise ValueError(f"{name}: requests run as one batch must share it ({value!r} vs {other[name]!r})")
+
+
+def img2img_start(steps: int, strength: float) -> int:
+    """The index of the first step an img2img run takes: strength 1 starts at the noisiest step, strength 0
+    takes none (diffusers' `StableDiffusionXLImg2ImgPipeline.get_timesteps`)."""
+    return steps - min(int(steps * strength), steps)
+
+
+@torch.no_grad()
+def encode_image(pipe: StableDiffusionXLPipeline, image: Image.Image, width: int, height: int,
+                 generators: list[torch.Generator] | None = None) -> Tensor:
+    """An image -> UNet latents, one per generator (each draws its own sample from the VAE's posterior, as
+    diffusers' img2img does), or the posterior mean when no generator is given. (N, 4, H/f, W/f)."""
+    vae = prepare_vae(pipe.vae)
+    pixels = pipe.image_processor.preprocess(image, height=height, width=width)
+    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    encoded = vae.encode(pixels)
+    if generators is None:
+        latents = retrieve_latents(encoded, sample_mode="argmax")
+    else:
+        # One encoding serves every seed: the posterior is the same, only the samples differ.
+        latents = torch.cat([retrieve_latents(encoded, generator=g) for g in generators])
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean).view(1, 4, 1, 1).to(latents)
+        std = torch.tensor(std).view(1, 4, 1, 1).to(latents)
+        return (latents - mean) * vae.config.scaling_factor / std
+    return latents * vae.config.scaling_factor
+
+
+def _initial_latents(pipe, scheduler, lane: _Lane, generators, shape, first_timestep, dtype, device) -> Tensor:
+    """A lane's x_T: seeded noise; or given latents; or its image encoded and noised to the first timestep.
+
+    Per generator the draws come in diffusers' order (img2img: posterior sample, then noise), so each image
+    matches the diffusers pipeline and is independent of its batch.
+    """
+    request = lane.request
+    if request.init_latents is not None:
+        expected = (1, shape[1], shape[2], shape[3])
+        if tuple(request.init_latents.shape[1:]) != expected[1:]:
+            raise ValueError(f"init_latents: must have shape (N, {', '.join(map(str, expected[1:]))}) for "
+                             f"{request.width}x{request.height}, got {tuple(request.init_latents.shape)}")
+        latents = request.init_latents.to(device=device, dtype=dtype).expand(shape[0], -1, -1, -1)
+        return latents * scheduler.init_noise_sigma
+    if request.init_image is not None:
+        init = encode_image(pipe, request.init_image, request.width, request.height, generators).to(dtype)
+        if first_timestep is None:  # strength 0: no step to take, the image's own latents
+            return init
+        noise = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
+        return scheduler.add_noise(init, noise, first_timestep.repeat(shape[0]))
+    return randn_tensor(shape, generator=generators, device=device, dtype=dtype) * scheduler.init_noise_sigma
 
 
 @torch.no_grad()
@@ -152,6 +208,12 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
     device = pipe._execution_device
     scheduler = make_scheduler(pipe, first.scheduler)
     timesteps, _ = retrieve_timesteps(scheduler, first.steps, device)
+    begin = 0
+    if first.init_image is not None:
+        begin = img2img_start(first.steps, first.strength) * scheduler.order
+        timesteps = timesteps[begin:]
+    if hasattr(scheduler, "set_begin_index"):  # before add_noise, which finds its sigma from it
+        scheduler.set_begin_index(begin)
     total = len(timesteps)
 
     lanes, start = [], 0
@@ -166,14 +228,20 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
         text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
     ).to(device)
 
-    generators = [g for request in requests for g in make_generators(request.seeds)]
+    lane_generators = [make_generators(request.seeds) for request in requests]
+    generators = [g for gens in lane_generators for g in gens]
     f = pipe.vae_scale_factor
-    shape = (len(generators), pipe.unet.config.in_channels, first.height // f, first.width // f)
-    latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
-    latents = latents * scheduler.init_noise_sigma  # (B, 4, H/f, W/f)
+    first_timestep = timesteps[:1] if total else None
+    latents = torch.cat([
+        _initial_latents(pipe, scheduler, lane, gens, (lane.batch, pipe.unet.config.in_channels, first.height // f,
+                         first.width // f), first_timestep, dtype, device)
+        for lane, gens in zip(lanes, lane_generators)
+    ])  # (B, 4, H/f, W/f)
+    if total == 0:  # img2img at strength 0: nothing to denoise; the final event is the encoded image
+        yield tuple(StepEvent(step=0, total=0, timestep=float("nan"), seeds=lane.request.seeds,
+                              latents=latents[lane.rows], pred_x0=latents[lane.rows], unet_passes=0) for lane in lanes)
+        return
     extra = step_kwargs(scheduler, generators, first.eta)
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(0)
     prediction_type = scheduler.config.prediction_type
     conditioning: dict[tuple, tuple[Tensor, dict[str, Tensor]]] = {}
 

@@ -49,15 +49,18 @@ def to_pil(images: Tensor, max_size: int | None = None) -> list[Image.Image]:
     return pils
 
 
-@torch.no_grad()
-def vae_decode(vae: AutoencoderKL, latents: Tensor) -> Tensor:
-    """UNet latents -> images in [-1, 1], exactly as `StableDiffusionXLPipeline.__call__` decodes them.
-
-    SDXL's VAE overflows in fp16 (its config sets `force_upcast`), so diffusers runs it in fp32. We upcast
-    once and leave it there rather than toggling dtypes, which would race between concurrent runs.
-    """
+def prepare_vae(vae: AutoencoderKL) -> AutoencoderKL:
+    """SDXL's VAE overflows in fp16 (its config sets `force_upcast`), so diffusers runs it in fp32. We upcast
+    once and leave it there rather than toggling dtypes, which would race between concurrent runs."""
     if vae.dtype == torch.float16 and vae.config.force_upcast:
         vae.to(dtype=torch.float32)
+    return vae
+
+
+@torch.no_grad()
+def vae_decode(vae: AutoencoderKL, latents: Tensor) -> Tensor:
+    """UNet latents -> images in [-1, 1], exactly as `StableDiffusionXLPipeline.__call__` decodes them."""
+    vae = prepare_vae(vae)
     latents = latents.to(device=vae.device, dtype=vae.dtype)
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
     if mean is not None and std is not None:

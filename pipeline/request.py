@@ -7,8 +7,11 @@ same message naming the field and its allowed range (diffusers' rule: raise, nev
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from PIL import Image
+from torch import Tensor
 
 from .schedules import SCHEDULES
 
@@ -39,6 +42,9 @@ WEIGHT_RANGE = (-20.0, 20.0)
 APG_MOMENTUM_RANGE = (-1.0, 1.0)
 APG_NORM_THRESHOLD_RANGE = (0.0, 100.0)
 ZERO_INIT_STEPS_RANGE = (0, 200)
+MAX_INIT_IMAGE_SIDE = 4096  # uploads are resized to width x height; anything larger is refused, not decoded
+# Inputs that are data, not settings: they stay out of to_dict (PNG metadata, links, presets).
+NON_SETTINGS = ("init_image", "init_latents")
 
 # Modes whose prediction depends on the prompt: for these an empty prompt is a mistake, not an experiment.
 MODES_NEEDING_PROMPT = frozenset({"cfg", "reversed", "negative_direction", "cond_only", "apg", "cfg_zero_star"})
@@ -106,6 +112,13 @@ class GenerationRequest:
     zero_init_steps: int = 1
     # the seed whose unconditional, conditional and guided predictions are decomposed at every step
     decompose_seed: int | None = None
+    # img2img: the image is resized to width x height, encoded, noised to the step strength x steps from the
+    # end, and denoised from there (diffusers' StableDiffusionXLImg2ImgPipeline). Strength 0 is a VAE round trip.
+    init_image: Image.Image | None = field(default=None, compare=False, repr=False)
+    strength: float = 0.75
+    # starting latents instead of seeded noise, e.g. from DDIM inversion: (1 or len(seeds), 4, H/f, W/f),
+    # scaled by the scheduler's init_noise_sigma as diffusers' `latents=` argument is
+    init_latents: Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Lists arrive from JSON and UIs; a tuple keeps the request hashable and immutable.
@@ -164,6 +177,20 @@ class GenerationRequest:
             _check_float_range("weighted_prompts", pair[1], *WEIGHT_RANGE)
         if self.mode == "weighted" and not prompts:
             raise RequestError("weighted_prompts", "mode 'weighted' needs at least one (prompt, weight) pair")
+        _check_float_range("strength", self.strength, 0.0, 1.0)
+        if self.init_image is not None:
+            if not isinstance(self.init_image, Image.Image):
+                raise RequestError("init_image", f"must be a PIL image, got {type(self.init_image).__name__}")
+            w, h = self.init_image.size
+            if max(w, h) > MAX_INIT_IMAGE_SIDE or min(w, h) < 1:
+                raise RequestError("init_image", f"must be at most {MAX_INIT_IMAGE_SIDE} px on each side, got {w}x{h}")
+        if self.init_latents is not None:
+            if self.init_image is not None:
+                raise RequestError("init_latents", "give either init_latents or init_image, not both")
+            if not isinstance(self.init_latents, Tensor) or self.init_latents.ndim != 4:
+                raise RequestError("init_latents", "must be a tensor of shape (1 or len(seeds), 4, H/f, W/f)")
+            if self.init_latents.shape[0] not in (1, len(self.seeds)):
+                raise RequestError("init_latents", f"batch must be 1 or {len(self.seeds)}, got {self.init_latents.shape[0]}")
         if self.decompose_seed is not None and self.decompose_seed not in self.seeds:
             raise RequestError("decompose_seed", f"must be one of the seeds {list(self.seeds)}, got {self.decompose_seed!r}")
 
@@ -173,7 +200,8 @@ class GenerationRequest:
         return 1.0 - sum(weight for _, weight in self.weighted_prompts)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """The settings as plain data (JSON-ready). Image and latent inputs are left out."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NON_SETTINGS}
         data["seeds"] = list(self.seeds)
         data["guidance_interval"] = list(self.guidance_interval)
         data["weighted_prompts"] = [list(p) for p in self.weighted_prompts]
