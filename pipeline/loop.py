@@ -110,6 +110,12 @@ def _plan(request: GenerationRequest, i: int, total: int) -> tuple[tuple[str, ..
     return (UNCOND,) * need_uncond + (COND,) * need_cond, scale
 
 
+def plan_passes(request: GenerationRequest) -> list[int]:
+    """UNet passes per image at each step the request takes: what its schedule, interval and mode cost."""
+    total = request.steps - (img2img_start(request.steps, request.strength) if request.init_image is not None else 0)
+    return [len(_plan(request, i, total)[0]) for i in range(total)]
+
+
 def _combine(lane: _Lane, preds: dict[str, Tensor], scale: float, like: Tensor) -> Tensor:
     request = lane.request
     cond, uncond = preds.get(COND), preds.get(UNCOND)

@@ -22,6 +22,9 @@ import gradio as gr
 
 from pipeline import GenerationRequest, RequestError
 from pipeline.conditioning import truncations
+from pipeline.loop import img2img_start, plan_passes
+from pipeline.request import MAX_WEIGHTED_PROMPTS
+from pipeline.schedules import guidance_scales
 from pipeline.metadata import read_settings, save_png
 from pipeline.presets import Preset
 from pipeline.previews import make_preview_decoder
@@ -50,9 +53,31 @@ CONTROL_NAMES: tuple[str, ...] = (
     "preview",
     "preview_every",
     "preview_source",
+    # guidance lab
+    "guidance_schedule",
+    "guidance_cutoff",
+    "interval_start",
+    "interval_stop",
+    "guidance_rescale",
+    "apg_eta",
+    "apg_momentum",
+    "apg_norm_threshold",
+    "zero_init_steps",
+    *(f"weighted_prompt_{k}" for k in range(1, MAX_WEIGHTED_PROMPTS + 1)),
+    *(f"weight_{k}" for k in range(1, MAX_WEIGHTED_PROMPTS + 1)),
+    "decompose",
+    "decompose_seed",
+    # img2img
+    "strength",
 )
-INT_CONTROLS = {"steps", "seed", "num_seeds", "width", "height", "preview_every"}
-FLOAT_CONTROLS = {"guidance_scale", "eta"}
+INT_CONTROLS = {"steps", "seed", "num_seeds", "width", "height", "preview_every", "zero_init_steps", "decompose_seed"}
+FLOAT_CONTROLS = {
+    "guidance_scale", "eta", "guidance_cutoff", "interval_start", "interval_stop", "guidance_rescale", "apg_eta",
+    "apg_momentum", "apg_norm_threshold", "strength", *(f"weight_{k}" for k in range(1, MAX_WEIGHTED_PROMPTS + 1)),
+}
+BOOL_CONTROLS = {"decompose"}
+# What one generate() update carries, in the order of the event's outputs.
+GENERATE_OUTPUTS = ("gallery", "status", "step_slider", "norm_plot", "downloads", "history", "decomposition")
 RUNS_KEPT = 32  # final-PNG folders kept on disk; Gradio's own cache is bounded by delete_cache
 
 try:  # ZeroGPU Spaces: hold a GPU only while a run executes. Elsewhere `spaces` is absent and nothing changes.
@@ -68,11 +93,13 @@ except ImportError:
 def takes_controls(fn):
     """Give a `(*values, **special)` handler one named parameter per control, so API clients see `prompt=`,
     `steps=`... instead of `param_7`. Gradio reads the signature to name and count an endpoint's inputs, and
-    injects `gr.Request` only into positional parameters, so keyword-only ones become positional here."""
+    injects `gr.Request` only into positional parameters, so keyword-only ones become positional here: the
+    inputs after the controls (an image, a state), then the `gr.Request`."""
     hints = typing.get_type_hints(fn)
     extras = [p.name for p in inspect.signature(fn).parameters.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
     params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in CONTROL_NAMES]
-    params += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=hints[n]) for n in extras]
+    params += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=hints.get(n, inspect.Parameter.empty))
+               for n in extras]
     count = len(CONTROL_NAMES)
 
     def split(args):
@@ -92,15 +119,21 @@ def takes_controls(fn):
             return fn(*values, **special)
 
     wrapper.__signature__ = inspect.Signature(params)
-    wrapper.__annotations__ = {n: hints[n] for n in extras}
+    wrapper.__annotations__ = {n: hints[n] for n in extras if n in hints}
     return wrapper
 
 
-def request_from_settings(settings: dict[str, Any]) -> GenerationRequest:
+def request_from_settings(settings: dict[str, Any], init_image=None, init_latents=None) -> GenerationRequest:
     """Controls -> request; seeds are `Number of seeds` consecutive seeds starting at `Seed`."""
     seed, count = int(settings["seed"]), int(settings["num_seeds"])
     if not 1 <= count <= 16:
         raise RequestError("num_seeds", f"Number of seeds must be from 1 to 16, got {count}")
+    get = settings.get
+    weighted = tuple(  # read only in weighted mode, so other runs' settings (and PNGs) stay free of them
+        (get(f"weighted_prompt_{k}") or "", float(get(f"weight_{k}") or 0.0))
+        for k in range(1, MAX_WEIGHTED_PROMPTS + 1)
+        if settings["mode"] == "weighted" and (get(f"weighted_prompt_{k}") or "").strip()
+    )
     return GenerationRequest(
         prompt=settings["prompt"] or "",
         prompt_2=settings["prompt_2"] or "",
@@ -115,6 +148,19 @@ def request_from_settings(settings: dict[str, Any]) -> GenerationRequest:
         scheduler=settings["scheduler"],
         eta=float(settings["eta"]),
         uncond=settings["uncond"],
+        guidance_schedule=get("guidance_schedule") or "constant",
+        guidance_interval=(float(get("interval_start", 0.0)), float(get("interval_stop", 1.0))),
+        guidance_cutoff=float(get("guidance_cutoff", 0.4)),
+        guidance_rescale=float(get("guidance_rescale") or 0.0),
+        weighted_prompts=weighted,
+        apg_eta=float(get("apg_eta", 0.0)),
+        apg_momentum=float(get("apg_momentum", -0.5)),
+        apg_norm_threshold=float(get("apg_norm_threshold", 15.0)),
+        zero_init_steps=int(get("zero_init_steps", 1)),
+        decompose_seed=int(get("decompose_seed") or seed) if get("decompose") else None,
+        init_image=init_image,
+        strength=float(get("strength", 0.75)),
+        init_latents=init_latents,
     )
 
 
@@ -123,6 +169,14 @@ def settings_from_request(request: GenerationRequest) -> dict[str, Any]:
     data = request.to_dict()
     seeds = data.pop("seeds")
     data["seed"], data["num_seeds"] = seeds[0], len(seeds)
+    data["interval_start"], data["interval_stop"] = data.pop("guidance_interval")
+    pairs = data.pop("weighted_prompts")
+    for k in range(1, MAX_WEIGHTED_PROMPTS + 1):
+        text, weight = pairs[k - 1] if k <= len(pairs) else ("", 0.0)
+        data[f"weighted_prompt_{k}"], data[f"weight_{k}"] = text, weight
+    seed_to_decompose = data.pop("decompose_seed")
+    data["decompose"] = seed_to_decompose is not None
+    data["decompose_seed"] = seed_to_decompose if seed_to_decompose is not None else seeds[0]
     if list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
         logger.info("seeds %s are not consecutive; the page shows %d seeds from %d", seeds, len(seeds), seeds[0])
     return data
@@ -136,7 +190,10 @@ def settings_from_query(params: dict[str, str]) -> tuple[dict[str, Any], list[st
             continue
         raw = params[name]
         try:
-            settings[name] = int(raw) if name in INT_CONTROLS else float(raw) if name in FLOAT_CONTROLS else raw
+            if name in BOOL_CONTROLS:
+                settings[name] = raw.lower() in ("1", "true", "yes", "on")
+            else:
+                settings[name] = int(raw) if name in INT_CONTROLS else float(raw) if name in FLOAT_CONTROLS else raw
         except ValueError:
             problems.append(f"{name}={raw!r} is not a number")
     return settings, problems
@@ -158,6 +215,7 @@ class Handlers:
         self.presets = presets or []
         self.output_dir = Path(output_dir or Path(tempfile.gettempdir()) / "cfg-explorer-outputs")
         self._lock = threading.Lock()
+        self._active: dict[str, Run] = {}  # session -> its running generation, for Stop
 
     # --- generation -------------------------------------------------------------------------------
 
@@ -167,8 +225,12 @@ class Handlers:
         except ValueError as exc:
             raise RequestError("preview", str(exc).split(": ", 1)[-1]) from exc
 
-    def start_run(self, settings: dict[str, Any]) -> Run:
-        request = request_from_settings(settings)
+    def request_from_values(self, values, init_image=None, init_latents=None) -> GenerationRequest:
+        """The request the page's controls describe (values in `CONTROL_NAMES` order)."""
+        return request_from_settings(dict(zip(CONTROL_NAMES, values)), init_image, init_latents)
+
+    def start_run(self, settings: dict[str, Any], init_image=None, init_latents=None) -> Run:
+        request = request_from_settings(settings, init_image, init_latents)
         source = settings.get("preview_source") or "pred_x0"
         if source not in ("pred_x0", "latents"):
             raise RequestError("preview_source", f"must be pred_x0 or latents, got {source!r}")
@@ -183,38 +245,81 @@ class Handlers:
         method = getattr(self, name)
         return takes_controls(method)
 
-    def generate(self, *values: Any) -> Iterator[tuple]:
-        """Stream (gallery, status, step slider, plot, downloads, history) while the run denoises."""
+    def generate(self, *values: Any, init_image=None, start_latents=None, request: gr.Request = None) -> Iterator[tuple]:
+        """Stream (gallery, status, step slider, plot, downloads, history, decomposition) while it denoises."""
         settings = dict(zip(CONTROL_NAMES, values))
         try:
-            run = self.start_run(settings)
+            run = self.start_run(settings, init_image, start_latents)
         except ValueError as exc:
             raise _error(exc) from exc
-        yield from self._stream(run)
+        session = getattr(request, "session_hash", None)
+        if session:
+            with self._lock:
+                previous = self._active.pop(session, None)
+                self._active[session] = run
+            if previous is not None:
+                previous.stop()
+        try:
+            yield from self._stream(run)
+        finally:
+            if session:
+                with self._lock:
+                    if self._active.get(session) is run:
+                        del self._active[session]
+
+    def stop(self, request: gr.Request = None) -> None:
+        """Stop this session's run within one step. The run's own stream then reports where it stopped,
+        so the page's last word is always the run's (Gradio's `cancels` raced it: a frame already on its way
+        could land after "Stopped" and leave the page looking frozen mid-run)."""
+        session = getattr(request, "session_hash", None)
+        with self._lock:
+            run = self._active.get(session) if session else None
+        if run is not None:
+            run.stop()
+
+    @staticmethod
+    def _out(**updates) -> tuple:
+        return tuple(updates.get(name, gr.skip()) for name in GENERATE_OUTPUTS)
 
     @gpu
     def _stream(self, run: Run) -> Iterator[tuple]:
         seeds = run.request.seeds
-        skip = gr.skip()
+        # A new run clears what belonged to the last one: its plot, files, and step history.
+        yield self._out(status=render.starting(run.request), step_slider=gr.update(interactive=False),
+                        norm_plot=render.norm_table({}, seeds), downloads=None, history=None, decomposition=[])
+        last = None
         try:
             for frame in run.start().frames():
+                last = frame
                 status = render.status(frame.step, frame.total, frame.steps_per_second, done=frame.images is not None)
+                decomposition = render.decomposition_gallery(frame.decomposition) if frame.decomposition else gr.skip()
                 if frame.images is not None:
                     paths = self._save(run.request, frame.images)
-                    gallery = [(str(p), render.caption(s)) for p, s in zip(paths, seeds)]
-                    slider = gr.update(maximum=frame.total, value=frame.total, interactive=True)
-                    plot = render.norm_table(run.history.norms, seeds)
-                    yield gallery, status, slider, plot, [str(p) for p in paths], run.history
+                    yield self._out(
+                        gallery=[(str(p), render.caption(s)) for p, s in zip(paths, seeds)], status=status,
+                        step_slider=gr.update(minimum=min(run.history.frames, default=0), maximum=frame.total,
+                                              value=frame.total, interactive=True),
+                        norm_plot=render.norm_table(run.history.norms, seeds), downloads=[str(p) for p in paths],
+                        history=run.history, decomposition=decomposition,
+                    )
                 elif frame.previews is not None:
                     gallery = [(img, render.caption(s, frame.step, frame.total)) for img, s in zip(frame.previews, seeds)]
-                    yield gallery, status, skip, skip, skip, skip
+                    yield self._out(gallery=gallery, status=status, decomposition=decomposition)
                 else:
-                    yield skip, status, skip, skip, skip, skip
+                    yield self._out(status=status)
         except Exception as exc:
             logger.exception("generation failed")
             raise _error(exc) from exc
         finally:
             run.stop()  # the page's Stop, a client's cancel or a closed tab all end the worker within a step
+        if run.stopped and (last is None or last.images is None):
+            step, total = (last.step, last.total) if last else (0, run.request.steps)
+            yield self._out(
+                status=render.stopped(step, total),
+                step_slider=gr.update(minimum=min(run.history.frames, default=0), maximum=max(step, 1),
+                                      value=max(step, 1), interactive=bool(run.history.frames)),
+                norm_plot=render.norm_table(run.history.norms, seeds), history=run.history,
+            )
 
     def _save(self, request: GenerationRequest, images) -> list[Path]:
         folder = self.output_dir / uuid.uuid4().hex[:12]
@@ -229,22 +334,57 @@ class Handlers:
     # --- revisiting and explaining ----------------------------------------------------------------
 
     def show_step(self, history: History | None, step: float, seed: float, num_seeds: float):
+        """The stored previews (and decomposition) nearest to `step` of the last run."""
         if history is None or not history.frames:
-            return gr.skip()
-        found = history.nearest(int(step))
-        if found is None:
-            return gr.skip()
-        shown, images = found
+            return gr.skip(), gr.skip()
+        shown, images = history.nearest(int(step))
         seeds = range(int(seed), int(seed) + len(images))
-        total = max(history.frames)
-        return [(img, render.caption(s, shown, total)) for img, s in zip(images, seeds)]
+        total = history.total
+        gallery = [(img, render.caption(s, shown, total)) for img, s in zip(images, seeds)]
+        parts = history.decomposition_at(shown)
+        return gallery, (render.decomposition_gallery(parts) if parts else gr.skip())
 
     def describe_mode(self, mode: str):
-        negative = mode == "negative_direction"
-        return render.formula(mode), gr.update(visible=negative), gr.update(visible=negative)
+        """The formula, and which mode-specific controls to show."""
+        return (
+            render.formula(mode),
+            gr.update(visible=mode == "negative_direction"),
+            gr.update(visible=mode == "weighted"),
+            gr.update(visible=mode == "apg"),
+            gr.update(visible=mode == "cfg_zero_star"),
+        )
 
     def describe_scheduler(self, scheduler: str):
         return gr.update(visible=scheduler == "ddim")
+
+    def describe_weights(self, *weights: float) -> str:
+        return render.weights_line([float(w or 0.0) for w in weights])
+
+    def describe_schedule(self, *values: Any):
+        """The per-step scale curve and how many UNet passes the settings run; updated as the controls move."""
+        settings = dict(zip(CONTROL_NAMES, values))
+        try:
+            r = request_from_settings(settings)
+        except (ValueError, TypeError, KeyError):  # half-edited controls: keep the last curve until valid
+            return gr.skip(), gr.skip()
+        scales = guidance_scales(r.guidance_scale, r.steps, r.guidance_schedule, r.guidance_interval, r.guidance_cutoff)
+        passes = plan_passes(r)
+        return render.scale_table(scales), render.passes_line(passes, r)
+
+    def describe_strength(self, image, strength: float, steps: float) -> str:
+        if image is None:
+            return "Upload an image to start from it; the Width and Height sliders set the size it is resized to."
+        start = img2img_start(int(steps), float(strength))
+        return render.strength_line(start, int(steps))
+
+    def fit_image(self, image):
+        """An uploaded start image sets Width and Height to its own size (multiples of 8, at most 1024 px)."""
+        if image is None:
+            return gr.skip(), gr.skip()
+        from pipeline.inversion import fit_size
+
+        width, height = fit_size(image)
+        return width, height
 
     def count_tokens(self, prompt: str, prompt_2: str, negative_prompt: str, negative_prompt_2: str, mode: str) -> str:
         texts = {"prompt": prompt or "", "prompt_2": prompt_2 or ""}

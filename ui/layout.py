@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipeline.request import GUIDANCE_SCALE_RANGE, MAX_SEEDS, SEED_RANGE, SIZE_MULTIPLE, SIZE_RANGE, STEPS_RANGE
+from pipeline.request import (
+    APG_MOMENTUM_RANGE,
+    APG_NORM_THRESHOLD_RANGE,
+    GUIDANCE_SCALE_RANGE,
+    MAX_SEEDS,
+    MAX_WEIGHTED_PROMPTS,
+    RESCALE_RANGE,
+    SEED_RANGE,
+    SIZE_MULTIPLE,
+    SIZE_RANGE,
+    STEPS_RANGE,
+    WEIGHT_RANGE,
+    ZERO_INIT_STEPS_RANGE,
+)
 
 from . import render
-from .handlers import CONTROL_NAMES, Handlers
+from .handlers import CONTROL_NAMES, GENERATE_OUTPUTS, Handlers
+from .invert_tab import build_invert_tab
+from .sweep_tab import build_sweep_tab
 
 CACHE_LIFETIME = (600, 3600)  # every 10 min, delete streamed frames older than 1 h: each frame is a file
 
@@ -61,106 +76,194 @@ def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -
             "Change one thing at a time and compare seeds side by side."
         )
         gr.Markdown(banner, visible=bool(banner), elem_id="model-banner")
-        with gr.Row():
-            with gr.Column(scale=2):
-                prompt = gr.Textbox(
-                    label="Prompt", lines=2, value="a watercolor painting of an otter",
-                    info="Feeds text encoder 1, CLIP ViT-L (and encoder 2 too when Prompt 2 is empty).",
-                )
-                prompt_2 = gr.Textbox(
-                    label="Prompt 2", lines=1, value="",
-                    info="Feeds text encoder 2, OpenCLIP bigG. Empty: the same text as Prompt.",
-                )
-                token_warning = gr.Markdown()
-                mode = FieldRadio(render.MODE_CHOICES, value="cfg", label="Guidance mode")
-                formula = gr.Markdown(render.formula("cfg"))
-                negative_prompt = gr.Textbox(
-                    label="Negative direction prompt", visible=False, value="solar system with 9 planets",
+        start_latents = gr.State(None)  # starting noise, sent from the Invert tab
+        with gr.Tabs():
+            with gr.Tab("Explore"):
+                c, out = _explore_tab(handlers, default_size)
+            with gr.Tab("X/Y sweep"):
+                build_sweep_tab(handlers, [c[name] for name in CONTROL_NAMES])
+            with gr.Tab("Invert"):
+                build_invert_tab(handlers, {**c, **out}, start_latents)
+        _wire_explore(demo, handlers, c, out, start_latents)
+    return demo
+
+
+def _explore_tab(handlers: Handlers, default_size: int) -> tuple[dict, dict]:
+    """The main page's components, by control name (`c`) and by output name (`out`)."""
+    c, out = {}, {}
+    with gr.Row():
+        with gr.Column(scale=2):
+            c["prompt"] = gr.Textbox(
+                label="Prompt", lines=2, value="a watercolor painting of an otter",
+                info="Feeds text encoder 1, CLIP ViT-L (and encoder 2 too when Prompt 2 is empty).",
+            )
+            c["prompt_2"] = gr.Textbox(
+                label="Prompt 2", lines=1, value="",
+                info="Feeds text encoder 2, OpenCLIP bigG. Empty: the same text as Prompt.",
+            )
+            out["token_warning"] = gr.Markdown()
+            c["mode"] = FieldRadio(render.MODE_CHOICES, value="cfg", label="Guidance mode")
+            out["formula"] = gr.Markdown(render.formula("cfg"), latex_delimiters=render.LATEX)
+            with gr.Group(visible=False) as out["negative_group"]:
+                c["negative_prompt"] = gr.Textbox(
+                    label="Negative direction prompt", value="solar system with 9 planets",
                     info="Its prediction replaces the baseline: guidance steers away from it.",
                 )
-                negative_prompt_2 = gr.Textbox(
-                    label="Negative direction prompt 2", visible=False, value="",
+                c["negative_prompt_2"] = gr.Textbox(
+                    label="Negative direction prompt 2", value="",
                     info="For text encoder 2. Empty: the same text as the negative direction prompt.",
                 )
-                uncond = FieldRadio(
-                    render.UNCOND_CHOICES, value="zeros", label="Unconditional baseline",
-                    info="What 'unconditional' means: SDXL's all-zero embeddings, or the encoded empty prompt.",
-                )
-                guidance_scale = FieldSlider(
-                    *GUIDANCE_SCALE_RANGE, value=7.5, step=0.5, label="Guidance scale",
-                    info="s: 1 is no guidance, 0 is the baseline alone.",
-                )
-                with gr.Row():
-                    steps = FieldSlider(*STEPS_RANGE, value=30, step=1, label="Steps")
-                    scheduler = FieldDropdown(render.SCHEDULER_CHOICES, value="euler", label="Scheduler")
-                eta = FieldSlider(
-                    0.0, 1.0, value=0.0, step=0.05, label="Eta", visible=False,
-                    info="DDIM's noise: 0 is deterministic (mode-seeking), 1 is as random as DDPM.",
-                )
-                with gr.Row():
-                    seed = FieldNumber(value=1, precision=0, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1], label="Seed")
-                    num_seeds = FieldSlider(1, MAX_SEEDS, value=2, step=1, label="Number of seeds",
-                                            info="Consecutive seeds from Seed, side by side.")
-                with gr.Row():
-                    width = FieldSlider(*SIZE_RANGE, value=default_size, step=SIZE_MULTIPLE, label="Width")
-                    height = FieldSlider(*SIZE_RANGE, value=default_size, step=SIZE_MULTIPLE, label="Height")
-                with gr.Accordion("Previews", open=True):
-                    preview = FieldRadio(render.PREVIEW_CHOICES, value="tiny", label="Preview decoder")
+            with gr.Group(visible=False) as out["weighted_group"]:
+                for k in range(1, MAX_WEIGHTED_PROMPTS + 1):
                     with gr.Row():
-                        preview_every = FieldSlider(1, 50, value=1, step=1, label="Preview every N steps")
-                        preview_source = FieldRadio(render.PREVIEW_SOURCE_CHOICES, value="pred_x0", label="Preview shows")
+                        c[f"weighted_prompt_{k}"] = gr.Textbox(label=f"Weighted prompt {k}", scale=3,
+                                                              value="a watercolor painting of an otter" if k == 1 else "")
+                        c[f"weight_{k}"] = FieldSlider(*WEIGHT_RANGE, value=7.5 if k == 1 else 0.0, step=0.25,
+                                                       label=f"Weight {k}", scale=2)
+                out["weights"] = gr.Markdown(render.weights_line([7.5]))
+            with gr.Group(visible=False) as out["apg_group"]:
                 with gr.Row():
-                    generate_btn = gr.Button("Generate", variant="primary")
-                    stop_btn = gr.Button("Stop", variant="stop")
-            with gr.Column(scale=3):
-                status = gr.Markdown("Press **Generate**.", elem_id="status")
-                gallery = gr.Gallery(
-                    label="Images", columns=4, format="jpeg", object_fit="contain", height="auto",
-                    buttons=["download", "fullscreen"], elem_id="images",
+                    c["apg_eta"] = FieldSlider(0.0, 1.0, value=0.0, step=0.05, label="APG eta",
+                                               info="Weight of the update's part parallel to ε_c (the paper: 0).")
+                    c["apg_momentum"] = FieldSlider(*APG_MOMENTUM_RANGE, value=-0.5, step=0.05, label="APG momentum",
+                                                    info="Negative momentum over steps (0: none).")
+                    c["apg_norm_threshold"] = FieldSlider(*APG_NORM_THRESHOLD_RANGE, value=15.0, step=0.5,
+                                                          label="APG norm threshold", info="Caps the update's norm (0: no cap).")
+            with gr.Group(visible=False) as out["zero_group"]:
+                c["zero_init_steps"] = FieldSlider(*ZERO_INIT_STEPS_RANGE, value=1, step=1, label="Zero-init steps",
+                                                   info="CFG-Zero*: the first steps predict zero (no UNet pass).")
+            c["uncond"] = FieldRadio(
+                render.UNCOND_CHOICES, value="zeros", label="Unconditional baseline",
+                info="What 'unconditional' means: SDXL's all-zero embeddings, or the encoded empty prompt.",
+            )
+            c["guidance_scale"] = FieldSlider(
+                *GUIDANCE_SCALE_RANGE, value=7.5, step=0.5, label="Guidance scale",
+                info="s: 1 is no guidance, 0 is the baseline alone.",
+            )
+            with gr.Accordion("Guidance schedule and interval", open=False):
+                c["guidance_schedule"] = FieldDropdown(render.SCHEDULE_CHOICES, value="constant", label="Guidance schedule")
+                c["guidance_cutoff"] = FieldSlider(0.0, 1.0, value=0.4, step=0.05, label="Cutoff",
+                                                   info="The cutoff schedule turns guidance off at this fraction of the run.")
+                with gr.Row():
+                    c["interval_start"] = FieldSlider(0.0, 1.0, value=0.0, step=0.05, label="Interval start")
+                    c["interval_stop"] = FieldSlider(0.0, 1.0, value=1.0, step=0.05, label="Interval stop")
+                c["guidance_rescale"] = FieldSlider(
+                    *RESCALE_RANGE, value=0.0, step=0.05, label="Guidance rescale",
+                    info="φ of Lin et al. (2023): pulls the guided prediction's spread back to the conditional one's.",
                 )
-                step_slider = gr.Slider(1, 30, value=30, step=1, label="Revisit step", interactive=False,
-                                        info="After a run: show the preview of any step.")
-                plot = gr.LinePlot(
-                    x="step", y="guidance_norm", color="seed", label="Guidance vector size ‖ε_c − ε_u‖ per step",
-                    x_title="step", y_title="‖ε_c − ε_u‖",
+                out["scale_plot"] = gr.LinePlot(x="step", y="guidance scale", label="Guidance scale per step",
+                                                height=180)
+                out["passes"] = gr.Markdown()
+            with gr.Row():
+                c["steps"] = FieldSlider(*STEPS_RANGE, value=30, step=1, label="Steps")
+                c["scheduler"] = FieldDropdown(render.SCHEDULER_CHOICES, value="euler", label="Scheduler")
+            c["eta"] = FieldSlider(
+                0.0, 1.0, value=0.0, step=0.05, label="Eta", visible=False,
+                info="DDIM's noise: 0 is deterministic (mode-seeking), 1 is as random as DDPM.",
+            )
+            with gr.Row():
+                c["seed"] = FieldNumber(value=1, precision=0, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1], label="Seed")
+                c["num_seeds"] = FieldSlider(1, MAX_SEEDS, value=2, step=1, label="Number of seeds",
+                                             info="Consecutive seeds from Seed.")
+            with gr.Row():
+                c["width"] = FieldSlider(*SIZE_RANGE, value=default_size, step=SIZE_MULTIPLE, label="Width")
+                c["height"] = FieldSlider(*SIZE_RANGE, value=default_size, step=SIZE_MULTIPLE, label="Height")
+            with gr.Accordion("Start from an image (img2img)", open=False):
+                c["init_image"] = gr.Image(label="Start image", type="pil", sources=["upload", "clipboard"])
+                c["strength"] = FieldSlider(0.0, 1.0, value=0.75, step=0.05, label="Strength",
+                                            info="How much noise to add: 0 keeps the image, 1 starts from (almost) pure noise.")
+                out["strength_info"] = gr.Markdown(handlers.describe_strength(None, 0.75, 30))
+                out["start_note"] = gr.Markdown()
+                out["clear_start"] = gr.Button("Forget the inverted noise", visible=False, size="sm")
+            with gr.Accordion("Previews and decomposition", open=True):
+                c["preview"] = FieldRadio(render.PREVIEW_CHOICES, value="tiny", label="Preview decoder")
+                with gr.Row():
+                    c["preview_every"] = FieldSlider(1, 50, value=1, step=1, label="Preview every N steps")
+                    c["preview_source"] = FieldRadio(render.PREVIEW_SOURCE_CHOICES, value="pred_x0", label="Preview shows")
+                with gr.Row():
+                    c["decompose"] = gr.Checkbox(label="Decomposition view", value=False,
+                                                 info="Show one seed's unconditional, conditional and guided x̂₀.")
+                    c["decompose_seed"] = FieldNumber(value=1, precision=0, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1],
+                                                      label="Decomposition seed")
+            with gr.Row():
+                out["generate"] = gr.Button("Generate", variant="primary")
+                out["stop"] = gr.Button("Stop", variant="stop")
+        with gr.Column(scale=3):
+            out["status"] = gr.Markdown("Press **Generate**.", elem_id="status")
+            out["gallery"] = gr.Gallery(
+                label="Images", columns=4, format="jpeg", object_fit="contain", height="auto",
+                buttons=["download", "fullscreen"], elem_id="images",
+            )
+            out["step_slider"] = gr.Slider(0, 30, value=30, step=1, label="Revisit step", interactive=False,
+                                           info="After a run: show the preview of any step.")
+            out["decomposition"] = gr.Gallery(
+                label="Decomposition at this step: unconditional · conditional · guided · difference",
+                columns=4, format="jpeg", object_fit="contain", height="auto", elem_id="decomposition",
+            )
+            out["norm_plot"] = gr.LinePlot(
+                x="step", y="guidance_norm", color="seed", label="Guidance vector size ‖ε_c − ε_u‖ per step",
+                x_title="step", y_title="‖ε_c − ε_u‖",
+            )
+            out["downloads"] = gr.File(label="Final PNGs (settings embedded; drop one below to restore them)",
+                                       file_count="multiple", interactive=False)
+            with gr.Accordion("Presets, links and saved settings", open=True):
+                out["presets"] = gr.Dataset(
+                    label="Presets", components=[gr.Textbox(visible=False)], type="index",
+                    samples=[[p.name] for p in handlers.presets], samples_per_page=20,
                 )
-                downloads = gr.File(label="Final PNGs (settings embedded; drop one below to restore them)",
-                                    file_count="multiple", interactive=False)
-                with gr.Accordion("Presets, links and saved settings", open=True):
-                    presets = gr.Dataset(
-                        label="Presets", components=[gr.Textbox(visible=False)], type="index",
-                        samples=[[p.name] for p in handlers.presets], samples_per_page=20,
-                    )
-                    with gr.Row():
-                        link_btn = gr.Button("Copy link")
-                        link = gr.Textbox(label="Link to these settings", buttons=["copy"], interactive=False)
-                    png_in = gr.File(label="Drop a CFG Explorer PNG to restore its settings", file_types=[".png"],
-                                     type="filepath")
-        history = gr.State(None)
+                with gr.Row():
+                    out["link_btn"] = gr.Button("Copy link")
+                    out["link"] = gr.Textbox(label="Link to these settings", buttons=["copy"], interactive=False)
+                out["png_in"] = gr.File(label="Drop a CFG Explorer PNG to restore its settings", file_types=[".png"],
+                                        type="filepath")
+    out["history"] = gr.State(None)
+    return c, out
 
-        controls = [prompt, prompt_2, mode, negative_prompt, negative_prompt_2, uncond, guidance_scale, steps, seed,
-                    num_seeds, scheduler, eta, width, height, preview, preview_every, preview_source]
-        assert [c.label for c in controls] and len(controls) == len(CONTROL_NAMES)
 
-        run_event = generate_btn.click(
-            handlers.bound("generate"), inputs=controls, outputs=[gallery, status, step_slider, plot, downloads, history],
-            api_name="generate", concurrency_id="gpu",
-        )
-        stop_btn.click(lambda: "**Stopped.**", outputs=status, cancels=[run_event], api_name="stop")
-        step_slider.release(handlers.show_step, inputs=[history, step_slider, seed, num_seeds], outputs=gallery,
-                            api_name="show_step")
-        mode.change(handlers.describe_mode, inputs=mode, outputs=[formula, negative_prompt, negative_prompt_2],
-                    api_name="describe_mode")
-        scheduler.change(handlers.describe_scheduler, inputs=scheduler, outputs=eta, api_name="describe_scheduler")
-        gr.on(
-            [prompt.change, prompt_2.change, negative_prompt.change, negative_prompt_2.change, mode.change],
-            handlers.count_tokens, inputs=[prompt, prompt_2, negative_prompt, negative_prompt_2, mode],
-            outputs=token_warning, api_name="count_tokens", show_progress="hidden",
-        )
-        presets.click(handlers.load_preset, inputs=presets, outputs=controls, api_name="load_preset")
-        link_btn.click(handlers.bound("share_link"), inputs=controls, outputs=link, api_name="share_link").then(
-            None, inputs=link, js="(link) => { if (navigator.clipboard) navigator.clipboard.writeText(link); }"
-        )
-        png_in.upload(handlers.restore_from_png, inputs=png_in, outputs=controls, api_name="restore_from_png")
-        demo.load(handlers.restore_from_query, outputs=controls, api_name="restore_from_url")
-    return demo
+def _wire_explore(demo: gr.Blocks, handlers: Handlers, c: dict, out: dict, start_latents: gr.State) -> None:
+    controls = [c[name] for name in CONTROL_NAMES]
+    run_event = out["generate"].click(
+        handlers.bound("generate"), inputs=controls + [c["init_image"], start_latents],
+        outputs=[out[name] for name in GENERATE_OUTPUTS], api_name="generate", concurrency_id="gpu",
+    )
+    # Stop ends the run server-side; the run's own stream then says where it stopped (see Handlers.stop).
+    out["stop"].click(handlers.stop, api_name="stop", queue=False)
+    out["step_slider"].release(handlers.show_step, inputs=[out["history"], out["step_slider"], c["seed"], c["num_seeds"]],
+                               outputs=[out["gallery"], out["decomposition"]], api_name="show_step")
+    c["mode"].change(handlers.describe_mode, inputs=c["mode"],
+                     outputs=[out["formula"], out["negative_group"], out["weighted_group"], out["apg_group"],
+                              out["zero_group"]], api_name="describe_mode")
+    c["scheduler"].change(handlers.describe_scheduler, inputs=c["scheduler"], outputs=c["eta"],
+                          api_name="describe_scheduler")
+    gr.on(
+        [c[f"weight_{k}"].change for k in range(1, MAX_WEIGHTED_PROMPTS + 1)], handlers.describe_weights,
+        inputs=[c[f"weight_{k}"] for k in range(1, MAX_WEIGHTED_PROMPTS + 1)], outputs=out["weights"],
+        api_name="describe_weights", show_progress="hidden",
+    )
+    gr.on(
+        [demo.load] + [c[name].change for name in ("mode", "guidance_scale", "steps", "guidance_schedule", "guidance_cutoff",
+                                                   "interval_start", "interval_stop", "zero_init_steps", "strength")]
+        + [c["init_image"].change],
+        handlers.bound("describe_schedule"), inputs=controls, outputs=[out["scale_plot"], out["passes"]],
+        api_name="describe_schedule", show_progress="hidden",
+    )
+    gr.on(
+        [c["init_image"].change, c["strength"].change, c["steps"].change], handlers.describe_strength,
+        inputs=[c["init_image"], c["strength"], c["steps"]], outputs=out["strength_info"], api_name="describe_strength",
+        show_progress="hidden",
+    )
+    c["init_image"].upload(handlers.fit_image, inputs=c["init_image"], outputs=[c["width"], c["height"]],
+                           api_name="fit_image")
+    out["clear_start"].click(lambda: (None, "", gr.update(visible=False)), outputs=[start_latents, out["start_note"],
+                             out["clear_start"]], api_name="clear_start")
+    gr.on(
+        [c[name].change for name in ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2", "mode")],
+        handlers.count_tokens, inputs=[c["prompt"], c["prompt_2"], c["negative_prompt"], c["negative_prompt_2"], c["mode"]],
+        outputs=out["token_warning"], api_name="count_tokens", show_progress="hidden",
+    )
+    out["presets"].click(handlers.load_preset, inputs=out["presets"], outputs=controls, api_name="load_preset")
+    out["link_btn"].click(handlers.bound("share_link"), inputs=controls, outputs=out["link"], api_name="share_link").then(
+        None, inputs=out["link"], js="(link) => { if (navigator.clipboard) navigator.clipboard.writeText(link); }"
+    )
+    out["png_in"].upload(handlers.restore_from_png, inputs=out["png_in"], outputs=controls, api_name="restore_from_png")
+    demo.load(handlers.restore_from_query, outputs=controls, api_name="restore_from_url")

@@ -12,7 +12,17 @@ MODE_CHOICES = [
     ("Custom negative direction", "negative_direction"),
     ("Conditional only", "cond_only"),
     ("Unconditional only", "uncond_only"),
+    ("APG (adaptive projected)", "apg"),
+    ("CFG-Zero*", "cfg_zero_star"),
+    ("Weighted prompts", "weighted"),
 ]
+SCHEDULE_CHOICES = [
+    ("Constant", "constant"),
+    ("Linear, down to 1", "linear"),
+    ("Cosine, down to 1", "cosine"),
+    ("Cutoff: off after a point", "cutoff"),
+]
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 SCHEDULER_CHOICES = [
     ("Euler (deterministic)", "euler"),
     ("Euler ancestral (stochastic)", "euler_a"),
@@ -38,6 +48,14 @@ FORMULAS = {
     r"pass per step). The scale is ignored.",
     "uncond_only": r"$$\hat\epsilon = \epsilon_u$$ The baseline alone: the model's unconditional sample "
     r"(one UNet pass per step). The prompt and scale are ignored.",
+    "apg": r"$$\hat\epsilon = \epsilon_u + s\,(\Delta_\perp + \eta\,\Delta_\parallel)$$ Sadat et al. (2024): "
+    r"$\Delta = \epsilon_c - \epsilon_u$ with momentum, its norm capped, split into the parts parallel and "
+    r"orthogonal to $\epsilon_c$. Damping the parallel part avoids CFG's oversaturation at high $s$.",
+    "cfg_zero_star": r"$$\hat\epsilon = s^*\epsilon_u + s\,(\epsilon_c - s^*\epsilon_u),\quad "
+    r"s^* = \frac{\langle \epsilon_c, \epsilon_u\rangle}{\lVert \epsilon_u \rVert^2}$$ Fan et al. (2025): the "
+    r"baseline rescaled to best match the prompt's prediction, and the first steps' prediction set to zero.",
+    "weighted": r"$$\hat\epsilon = \textstyle\sum_i w_i\,\epsilon_i + (1 - \sum_i w_i)\,\epsilon_u$$ "
+    r"Crowson's cfg_sample: each prompt pulls with its weight; one prompt at weight $w$ is CFG at scale $w$.",
 }
 ENCODER_NAMES = {"text_encoder": "CLIP ViT-L (encoder 1)", "text_encoder_2": "OpenCLIP bigG (encoder 2)"}
 FIELD_LABELS = {
@@ -69,6 +87,46 @@ def status(step: int, total: int, steps_per_second: float, done: bool = False) -
     speed = f"{steps_per_second:.1f} steps/s" if steps_per_second < float("inf") else ""
     head = "Done" if done else "Denoising"
     return f"**{head}: step {step}/{total}** · {speed}"
+
+
+def starting(request) -> str:
+    where = ""
+    if request.init_image is not None:
+        from pipeline.loop import img2img_start
+
+        where = f" from the image, at step {img2img_start(request.steps, request.strength) + 1} of {request.steps}"
+    return f"**Starting{where}...** encoding the prompts."
+
+
+def stopped(step: int, total: int) -> str:
+    return f"**Stopped at step {step}/{total}.** Its previews are kept: use the step slider to revisit them."
+
+
+def weights_line(weights: list[float]) -> str:
+    shown = " + ".join(f"{w:g}" for w in weights if w) or "0"
+    return f"Baseline weight: 1 − ({shown}) = **{1 - sum(weights):g}**"
+
+
+def scale_table(scales: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"step": list(range(1, len(scales) + 1)), "guidance scale": scales})
+
+
+def passes_line(passes: list[int], request) -> str:
+    full = 2 * len(passes) if request.mode not in ("cond_only", "uncond_only", "weighted") else sum(passes)
+    saved = full - sum(passes)
+    tail = f", {saved} fewer than guiding every step" if saved > 0 else ""
+    return f"UNet passes per image: **{sum(passes)}** over {len(passes)} steps{tail}."
+
+
+def strength_line(start: int, steps: int) -> str:
+    if start >= steps:
+        return "Strength 0: no denoising; the result is the image through the VAE and back."
+    return f"Starts at step **{start + 1} of {steps}** ({steps - start} denoising steps from the noised image)."
+
+
+def decomposition_gallery(parts: list) -> list:
+    names = ["unconditional x̂₀", "conditional x̂₀", "guided x̂₀", "guided − unconditional"]
+    return [(image, name) for image, name in zip(parts, names) if image is not None]
 
 
 def caption(seed: int, step: int | None = None, total: int | None = None) -> str:

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from PIL import Image
+import torch
+from PIL import Image, ImageChops
 from torch import Tensor
 
 from pipeline import GenerationRequest, generate
@@ -36,6 +37,7 @@ class Frame:
     previews: list[Image.Image] | None = None
     guidance_norm: list[float] | None = None
     images: list[Image.Image] | None = None  # full-size, on the final frame only
+    decomposition: list[Image.Image | None] | None = None  # unconditional, conditional, guided, difference
 
     @property
     def steps_per_second(self) -> float:
@@ -47,31 +49,48 @@ class History:
     """Small JPEG previews by step, for revisiting a finished run; bounded whatever the steps and seeds."""
 
     every: int = 1  # keep every k-th previewed step so that steps x seeds stays within the budget
+    total: int = 0
     frames: dict[int, list[bytes]] = field(default_factory=dict)
     norms: dict[int, list[float]] = field(default_factory=dict)  # per step: ||eps_c - eps_u|| per seed
+    decompositions: dict[int, list[bytes | None]] = field(default_factory=dict)
 
     @classmethod
-    def for_run(cls, steps: int, seeds: int, preview_every: int) -> History:
-        previewed = math.ceil(steps / preview_every) * seeds
-        return cls(every=max(1, math.ceil(previewed / HISTORY_MAX_FRAMES)))
+    def for_run(cls, steps: int, seeds: int, preview_every: int, decomposed: bool = False) -> History:
+        previewed = math.ceil(steps / preview_every) * (seeds + 4 * decomposed)
+        return cls(every=max(1, math.ceil(previewed / HISTORY_MAX_FRAMES)), total=steps)
 
-    def add(self, step: int, total: int, previews: list[Image.Image], index: int) -> None:
+    @staticmethod
+    def _encode(image: Image.Image | None) -> bytes | None:
+        if image is None:
+            return None
+        small = image.copy()
+        small.thumbnail((HISTORY_SIZE, HISTORY_SIZE))
+        buffer = io.BytesIO()
+        small.convert("RGB").save(buffer, format="JPEG", quality=HISTORY_QUALITY)
+        return buffer.getvalue()
+
+    @staticmethod
+    def _decode(data: bytes | None) -> Image.Image | None:
+        return None if data is None else Image.open(io.BytesIO(data))
+
+    def add(self, step: int, total: int, previews: list[Image.Image], index: int,
+            decomposition: list[Image.Image | None] | None = None) -> None:
+        self.total = total
         if index % self.every and step != total:
             return
-        encoded = []
-        for image in previews:
-            small = image.copy()
-            small.thumbnail((HISTORY_SIZE, HISTORY_SIZE))
-            buffer = io.BytesIO()
-            small.save(buffer, format="JPEG", quality=HISTORY_QUALITY)
-            encoded.append(buffer.getvalue())
-        self.frames[step] = encoded
+        self.frames[step] = [self._encode(image) for image in previews]
+        if decomposition is not None:
+            self.decompositions[step] = [self._encode(image) for image in decomposition]
 
     def nearest(self, step: int) -> tuple[int, list[Image.Image]] | None:
         if not self.frames:
             return None
         best = min(self.frames, key=lambda s: (abs(s - step), s))
-        return best, [Image.open(io.BytesIO(data)) for data in self.frames[best]]
+        return best, [self._decode(data) for data in self.frames[best]]
+
+    def decomposition_at(self, step: int) -> list[Image.Image | None] | None:
+        stored = self.decompositions.get(step)
+        return None if stored is None else [self._decode(data) for data in stored]
 
 
 class Run:
@@ -87,7 +106,8 @@ class Run:
     ) -> None:
         self.pipe, self.request, self.decoder = pipe, request, decoder
         self.preview_every, self.source = max(1, preview_every), source
-        self.history = History.for_run(request.steps, len(request.seeds), self.preview_every)
+        self.history = History.for_run(request.steps, len(request.seeds), self.preview_every,
+                                       request.decompose_seed is not None)
         self._cond = threading.Condition()
         self._latest: Frame | None = None
         self._version = 0
@@ -123,22 +143,37 @@ class Run:
             for event in generate(self.pipe, self.request):
                 if self._stop.is_set():
                     break
-                previews = None
+                previews = decomposition = None
                 if event.step % self.preview_every == 0 or event.is_final:
                     previews = self.decoder(self.source(event))
-                    self.history.add(event.step, event.total, previews, previewed)
+                    decomposition = self._decompose(event)
+                    self.history.add(event.step, event.total, previews, previewed, decomposition)
                     previewed += 1
                 norms = None if event.guidance_norm is None else [float(n) for n in event.guidance_norm]
                 if norms is not None:
                     self.history.norms[event.step] = norms
                 images = list(event.images) if event.images is not None else None
-                self._publish(Frame(event.step, event.total, time.perf_counter() - start, previews, norms, images))
+                self._publish(Frame(event.step, event.total, time.perf_counter() - start, previews, norms, images,
+                                    decomposition))
         except BaseException as exc:  # handed to the reader, who re-raises it: never a blank image
             self._error = exc
         finally:
             with self._cond:
                 self._done = True
                 self._cond.notify_all()
+
+    def _decompose(self, event) -> list[Image.Image | None] | None:
+        """The decomposition's three clean-image estimates, decoded, and guided minus unconditional as an
+        image (mid-grey where they agree): only on previewed steps, so a run without it costs nothing."""
+        parts = event.decomposition
+        if parts is None:
+            return None
+        tensors = [parts.uncond, parts.cond, parts.guided]
+        present = [t for t in tensors if t is not None]
+        decoded = iter(self.decoder(torch.cat(present)))
+        uncond, cond, guided = (next(decoded) if t is not None else None for t in tensors)
+        difference = None if uncond is None else ImageChops.subtract(guided, uncond, scale=2.0, offset=128)
+        return [uncond, cond, guided, difference]
 
     def frames(self, poll: float = 0.25) -> Iterator[Frame]:
         """The newest frame each time one is newer than the last seen; ends when the run does.

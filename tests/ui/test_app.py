@@ -30,7 +30,8 @@ def test_one_update_per_previewed_step_then_final_images(client, server):
     job, outputs = run(client, steps=6, num_seeds=3, seed=10, preview_every=2)
     assert job.exception() is None
     statuses = [out[1] for out in outputs]
-    assert [s.split("step ")[1].split("/")[0] for s in statuses] == ["1", "2", "3", "4", "5", "6"]
+    assert "Starting" in statuses[0]
+    assert [s.split("step ")[1].split("/")[0] for s in statuses[1:]] == ["1", "2", "3", "4", "5", "6"]
     galleries = [captions(out[0]) for out in outputs]
     previews = [g for g in galleries if g is not None][:-1]
     assert previews == [[f"seed {s} · step {k}/6" for s in (10, 11, 12)] for k in (2, 4)]
@@ -65,24 +66,40 @@ def test_cancel_stops_the_run_and_the_next_job_runs(client, server):
     throttle.delay = 0.1
     job = client.submit(**SMALL, steps=100, num_seeds=1, api_name="/generate")
     deadline = time.time() + 30
-    while not job.outputs() and time.time() < deadline:
+    while len(job.outputs()) < 2 and time.time() < deadline:  # "Starting...", then a first step
         time.sleep(0.05)
-    assert job.outputs(), "no preview arrived"
+    assert len(job.outputs()) >= 2, "no preview arrived"
     job.cancel()
     time.sleep(1.0)  # let the worker notice
     calls = throttle.calls
     time.sleep(1.0)
     assert throttle.calls - calls <= 1, "the worker kept denoising after the job was cancelled"
-    steps_done = int(job.outputs()[-1][1].split("step ")[1].split("/")[0])
+    statuses = [out[1] for out in job.outputs() if "step " in out[1]]
+    steps_done = int(statuses[-1].split("step ")[1].split("/")[0])
     assert steps_done < 100
     throttle.delay = 0.0
     job, outputs = run(client, steps=2, num_seeds=1)
     assert job.exception() is None and "Done" in outputs[-1][1]
 
 
-def test_stop_endpoint_cancels_the_page_run(client, server):
-    # The Stop button's own event: it reports "Stopped." (cancelling the page's run is Gradio's `cancels`).
-    assert "Stopped" in client.predict(api_name="/stop")
+def test_stop_ends_the_sessions_run_and_says_where(client, server):
+    _, throttle = server
+    throttle.delay = 0.1
+    job = client.submit(**SMALL, steps=100, num_seeds=1, api_name="/generate")
+    deadline = time.time() + 30
+    while len(job.outputs()) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    client.predict(api_name="/stop")  # same client, same session: stops this run
+    deadline = time.time() + 10
+    while not job.done() and time.time() < deadline:
+        time.sleep(0.05)
+    assert job.done(), "the run did not end after Stop"
+    last = job.outputs()[-1]
+    assert "Stopped at step" in last[1] and "/100" in last[1]
+    assert last[2]["interactive"] is True  # the step slider revisits the stopped run's previews
+    throttle.delay = 0.0
+    job, outputs = run(client, steps=2, num_seeds=1)
+    assert job.exception() is None and "Done" in outputs[-1][1]
 
 
 @pytest.mark.parametrize(
