@@ -198,7 +198,7 @@ def _explore_tab(handlers: Handlers, default_size: int) -> tuple[dict, dict]:
                                            info="After a run: show the preview of any step.")
             out["decomposition"] = gr.Gallery(
                 label="Decomposition at this step: unconditional · conditional · guided · difference",
-                columns=4, format="jpeg", object_fit="contain", height="auto", elem_id="decomposition",
+                columns=4, format="jpeg", object_fit="contain", height="auto", elem_id="decomposition", visible=False,
             )
             out["norm_plot"] = gr.LinePlot(
                 x="step", y="guidance_norm", color="seed", label="Guidance vector size ‖ε_c − ε_u‖ per step",
@@ -233,6 +233,8 @@ def _wire_explore(demo: gr.Blocks, handlers: Handlers, c: dict, out: dict, start
     c["mode"].change(handlers.describe_mode, inputs=c["mode"],
                      outputs=[out["formula"], out["negative_group"], out["weighted_group"], out["apg_group"],
                               out["zero_group"]], api_name="describe_mode")
+    c["decompose"].change(lambda on: gr.update(visible=on), inputs=c["decompose"], outputs=out["decomposition"],
+                          api_name="describe_decomposition")
     c["scheduler"].change(handlers.describe_scheduler, inputs=c["scheduler"], outputs=c["eta"],
                           api_name="describe_scheduler")
     gr.on(
