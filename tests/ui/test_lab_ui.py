@@ -1,0 +1,67 @@
+"""The guidance lab and img2img through the app's API: decomposition, schedule curve, weighted prompts."""
+
+import numpy as np
+from gradio_client import handle_file
+from PIL import Image
+
+
+# gradio_client leaves State outputs out: a generate update is (gallery, status, step slider, norm plot,
+# downloads, decomposition).
+SMALL = dict(prompt="an otter", width=64, height=64, preview="linear", steps=4, num_seeds=2, seed=3)
+
+
+def run(client, **kwargs):
+    job = client.submit(**{**SMALL, **kwargs}, api_name="/generate")
+    outputs = list(job)
+    assert job.exception() is None, job.exception()
+    return outputs
+
+
+def test_decomposition_streams_four_panels_for_the_chosen_seed(client):
+    outputs = run(client, decompose=True, decompose_seed=4)
+    panels = [out[5] for out in outputs if isinstance(out[5], list) and out[5]]
+    assert panels, "no decomposition was streamed"
+    assert [p["caption"] for p in panels[-1]] == [
+        "unconditional x̂₀", "conditional x̂₀", "guided x̂₀", "guided − unconditional"]
+
+
+def test_decomposition_seed_must_be_one_of_the_seeds(client):
+    job = client.submit(**SMALL, decompose=True, decompose_seed=99, api_name="/generate")
+    list(job)
+    assert "decompose_seed" in str(job.exception())
+
+
+def test_no_decomposition_when_off(client):
+    outputs = run(client)
+    assert all(out[5] in ([], None) or not isinstance(out[5], list) for out in outputs[1:])
+
+
+def test_schedule_curve_and_passes_saved(client):
+    plot, passes = client.predict(**{**SMALL, "steps": 10, "interval_start": 0.0, "interval_stop": 0.5},
+                                  api_name="/describe_schedule")
+    scales = [row[1] for row in plot["data"]]
+    assert scales == [7.5] * 5 + [1.0] * 5
+    assert "**15**" in passes and "5 fewer" in passes  # 5 steps x 2 passes + 5 x 1
+    plot, _ = client.predict(**{**SMALL, "steps": 5, "guidance_schedule": "linear"}, api_name="/describe_schedule")
+    assert [row[1] for row in plot["data"]] == [7.5, 5.875, 4.25, 2.625, 1.0]
+
+
+def test_weighted_prompts_run_and_show_the_baseline_weight(client):
+    outputs = run(client, mode="weighted", weighted_prompt_1="an otter", weight_1=3.0, weighted_prompt_2="a river",
+                  weight_2=1.5)
+    assert "Done" in outputs[-1][1]
+    line = client.predict(3.0, 1.5, 0.0, 0.0, api_name="/describe_weights")
+    assert "-3.5" in line
+
+
+def test_img2img_through_the_api(client, tmp_path):
+    path = tmp_path / "start.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    job = client.submit(**{**SMALL, "steps": 6, "strength": 0.5}, init_image=handle_file(str(path)), api_name="/generate")
+    outputs = list(job)
+    assert job.exception() is None, job.exception()
+    assert "from the image, at step 4 of 6" in outputs[0][1]
+    steps = [out[1] for out in outputs if "step " in out[1] and "Denoising" in out[1] or "Done" in out[1]]
+    assert steps[-1].startswith("**Done: step 3/3")  # strength 0.5 of 6 steps: 3 denoising steps
+    info = client.predict(handle_file(str(path)), 0.0, 6, api_name="/describe_strength")
+    assert "no denoising" in info
