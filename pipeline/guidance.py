@@ -96,7 +96,7 @@ def weighted(noise_preds: list[Tensor], weights: list[float], noise_pred_uncond:
     One prompt at weight w is exactly CFG at scale w. The baseline may be None when its weight is 0.
     """
     baseline_weight = 1.0 - sum(weights)
-    result = noise_pred_uncond * baseline_weight if noise_pred_uncond is not None else 0.0
+    result = noise_pred_uncond * baseline_weight if noise_pred_uncond is not None else 0.0  # None: weight ~0
     for noise_pred, weight in zip(noise_preds, weights):
         result = result + weight * noise_pred
     return result

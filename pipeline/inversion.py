@@ -8,6 +8,7 @@ under strong guidance, where the guided ODE is far less smooth.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from dataclasses import dataclass
@@ -79,9 +80,17 @@ def invert(
 
     Guidance uses SDXL's zeros baseline; at scale 1 a single conditional pass runs per step.
     """
-    if image is not None and (width is None or height is None):
-        width, height = fit_size(image)
+    if isinstance(image, Image.Image) and (width is None or height is None):
+        fit_width, fit_height = fit_size(image)
+        width, height = width or fit_width, height or fit_height
     _check(image, steps, guidance_scale, width or 0, height or 0)
+    # Built before any model call, so a field the request refuses (an empty prompt) costs no UNet pass;
+    # the inverted noise is filled in at the end.
+    request = GenerationRequest(
+        prompt=prompt, prompt_2=prompt_2, mode="cfg" if guidance_scale != 1.0 else "cond_only",
+        guidance_scale=guidance_scale, steps=steps, seeds=(0,), width=width, height=height, scheduler="ddim",
+        eta=0.0,
+    )
     device = pipe._execution_device
     accepted = inspect.signature(DDIMInverseScheduler.__init__).parameters  # drop Euler-only keys quietly
     scheduler = DDIMInverseScheduler.from_config({k: v for k, v in pipe.scheduler.config.items() if k in accepted})
@@ -106,12 +115,7 @@ def invert(
             noise_pred = cfg(noise_pred_cond, noise_pred_uncond, guidance_scale)
         latents = scheduler.step(noise_pred, t, latents).prev_sample
 
-    request = GenerationRequest(
-        prompt=prompt, prompt_2=prompt_2, mode="cfg" if guidance_scale != 1.0 else "cond_only",
-        guidance_scale=guidance_scale, steps=steps, seeds=(0,), width=width, height=height, scheduler="ddim",
-        eta=0.0, init_latents=latents,
-    )
-    return Inversion(noise=latents, latents=x0, request=request)
+    return Inversion(noise=latents, latents=x0, request=dataclasses.replace(request, init_latents=latents))
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:

@@ -11,6 +11,7 @@ keeps its own mode, scale, schedule and seeds, and all their UNet passes go thro
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -100,7 +101,9 @@ def _plan(request: GenerationRequest, i: int, total: int) -> tuple[tuple[str, ..
     if mode == "weighted":
         weights = [w for _, w in request.weighted_prompts]
         parts = tuple(f"w{k}" for k, w in enumerate(weights) if w != 0.0)
-        return ((UNCOND,) if request.baseline_weight != 0.0 else ()) + parts, 1.0
+        # Weights like (0.7, 0.2, 0.1) leave a baseline weight of 1e-16, not 0: no pass is worth that.
+        baseline = not math.isclose(request.baseline_weight, 0.0, abs_tol=1e-9)
+        return ((UNCOND,) if baseline else ()) + parts, 1.0
     if not in_interval(i, total, request.guidance_interval):
         return (COND,), 1.0  # outside the interval: no guidance, the conditional prediction alone
     scale = scheduled_scale(request.guidance_schedule, request.guidance_scale, progress(i, total), request.guidance_cutoff)
@@ -184,11 +187,7 @@ def _initial_latents(pipe, scheduler, lane: _Lane, generators, shape, first_time
     matches the diffusers pipeline and is independent of its batch.
     """
     request = lane.request
-    if request.init_latents is not None:
-        expected = (1, shape[1], shape[2], shape[3])
-        if tuple(request.init_latents.shape[1:]) != expected[1:]:
-            raise ValueError(f"init_latents: must have shape (N, {', '.join(map(str, expected[1:]))}) for "
-                             f"{request.width}x{request.height}, got {tuple(request.init_latents.shape)}")
+    if request.init_latents is not None:  # its shape was checked before any model call
         latents = request.init_latents.to(device=device, dtype=dtype).expand(shape[0], -1, -1, -1)
         return latents * scheduler.init_noise_sigma
     if request.init_image is not None:
@@ -211,6 +210,12 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
         raise ValueError("requests: need at least one request")
     _check_batchable(requests)
     first = requests[0]
+    f = pipe.vae_scale_factor
+    for request in requests:  # shape errors before any model call
+        latent_size = (first.height // f, first.width // f)
+        if request.init_latents is not None and tuple(request.init_latents.shape[-3:]) != (pipe.unet.config.in_channels, *latent_size):
+            raise ValueError(f"init_latents: must have shape (N, {pipe.unet.config.in_channels}, {latent_size[0]}, "
+                             f"{latent_size[1]}) for {first.width}x{first.height}, got {tuple(request.init_latents.shape)}")
     device = pipe._execution_device
     scheduler = make_scheduler(pipe, first.scheduler)
     timesteps, _ = retrieve_timesteps(scheduler, first.steps, device)
@@ -236,7 +241,6 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
 
     lane_generators = [make_generators(request.seeds) for request in requests]
     generators = [g for gens in lane_generators for g in gens]
-    f = pipe.vae_scale_factor
     first_timestep = timesteps[:1] if total else None
     latents = torch.cat([
         _initial_latents(pipe, scheduler, lane, gens, (lane.batch, pipe.unet.config.in_channels, first.height // f,

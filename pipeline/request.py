@@ -191,6 +191,14 @@ class GenerationRequest:
                 raise RequestError("init_latents", "must be a tensor of shape (1 or len(seeds), 4, H/f, W/f)")
             if self.init_latents.shape[0] not in (1, len(self.seeds)):
                 raise RequestError("init_latents", f"batch must be 1 or {len(self.seeds)}, got {self.init_latents.shape[0]}")
+        if self.mode == "weighted":  # the weights are the whole rule: say so rather than ignore these
+            for name, unused in (("guidance_rescale", self.guidance_rescale != 0.0),
+                                 ("guidance_schedule", self.guidance_schedule != "constant"),
+                                 ("guidance_interval", tuple(self.guidance_interval) != (0.0, 1.0))):
+                if unused:
+                    raise RequestError(name, "is not used by mode 'weighted' (its weights set the guidance); reset it")
+        if self.decompose_seed is not None and not _is_int(self.decompose_seed):
+            raise RequestError("decompose_seed", f"must be one of the seeds {list(self.seeds)}, got {self.decompose_seed!r}")
         if self.decompose_seed is not None and self.decompose_seed not in self.seeds:
             raise RequestError("decompose_seed", f"must be one of the seeds {list(self.seeds)}, got {self.decompose_seed!r}")
 

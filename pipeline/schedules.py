@@ -16,7 +16,7 @@ def progress(step_index: int, total: int) -> float:
     return step_index / (total - 1) if total > 1 else 0.0
 
 
-def scheduled_scale(schedule: str, scale: float, p: float, cutoff: float = 0.5) -> float:
+def scheduled_scale(schedule: str, scale: float, p: float, cutoff: float = 0.4) -> float:
     """The scale at progress p: `constant` s; `linear` from s down to 1; `cosine` from s down to 1 along a
     half cosine (slow start and end); `cutoff` s until progress `cutoff`, then 1 (the "turn CFG off after
     40% of steps" trick from diffusers' callback docs)."""
@@ -38,7 +38,7 @@ def in_interval(step_index: int, total: int, interval: tuple[float, float]) -> b
 
 
 def guidance_scales(
-    scale: float, total: int, schedule: str = "constant", interval: tuple[float, float] = (0.0, 1.0), cutoff: float = 0.5
+    scale: float, total: int, schedule: str = "constant", interval: tuple[float, float] = (0.0, 1.0), cutoff: float = 0.4
 ) -> list[float]:
     """The scale of every step of a run: the schedule inside the interval, 1 (no guidance) outside it."""
     return [

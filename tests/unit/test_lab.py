@@ -362,13 +362,36 @@ def test_bad_lab_field_names_it(field, changes):
 
 def test_good_lab_request_from_lists_round_trips():
     request = make(
-        mode="weighted", prompt="", guidance_schedule="cosine", guidance_interval=[0.1, 0.9], guidance_rescale=1.0,
+        mode="cfg", prompt="x", guidance_schedule="cosine", guidance_interval=[0.1, 0.9], guidance_rescale=1.0,
         weighted_prompts=[["an otter", 2.0], ["a planet", -0.5]], apg_momentum=-1.0, apg_norm_threshold=0.0,
         zero_init_steps=0, decompose_seed=7,
     )
     assert request.guidance_interval == (0.1, 0.9)
     assert request.weighted_prompts == (("an otter", 2.0), ("a planet", -0.5))
     assert GenerationRequest.from_dict(request.to_dict()) == request
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("guidance_rescale", 0.5), ("guidance_schedule", "linear"), ("guidance_interval", (0.0, 0.5))],
+)
+def test_weighted_mode_refuses_settings_it_would_ignore(field, value):
+    with pytest.raises(RequestError) as info:
+        make(mode="weighted", prompt="", weighted_prompts=(("an otter", 2.0),), **{field: value})
+    assert info.value.field == field
+
+
+def test_decompose_seed_must_be_an_integer_not_a_bool():
+    with pytest.raises(RequestError) as info:
+        make(seeds=(1, 2), decompose_seed=True)
+    assert info.value.field == "decompose_seed"
+
+
+def test_weights_summing_to_one_in_floating_point_skip_the_baseline_pass():
+    from pipeline.loop import plan_passes
+
+    request = make(mode="weighted", prompt="", weighted_prompts=(("a", 0.7), ("b", 0.2), ("c", 0.1)), steps=3)
+    assert plan_passes(request) == [3, 3, 3]
 
 
 # --- several requests as one batch ------------------------------------------------------------------------------
