@@ -1,7 +1,239 @@
-"""The DDIM inversion tab (placeholder: being built)."""
+"""The DDIM inversion tab: recover the noise that DDIM maps back onto an image, measure the round trip, and
+send the noise to the Explore tab as its starting latents."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
 
 import gradio as gr
+import pandas as pd
+
+from pipeline import RequestError
+from pipeline.inversion import Inversion, error_curve, fit_size, invert, reconstruct
+from pipeline.previews import LinearPreview
+from pipeline.request import STEPS_RANGE
+
+from .handlers import _error, gpu
+
+CURVE_STEPS = "5, 10, 25, 50"
+MAX_CURVE_POINTS = 8  # steps values per curve; each costs an inversion and a reconstruction per scale
+STRONG_GUIDANCE = 7.5  # the curve's second scale when the chosen one is not above 1
+FIELD_LABELS = {  # library field -> this tab's label
+    "image": "Image to invert",
+    "width": "Image to invert",
+    "height": "Image to invert",
+    "prompt": "Inversion prompt",
+    "prompt_2": "Inversion prompt",
+    "steps": "Inversion steps",
+    "guidance_scale": "Inversion guidance scale",
+}
+# The Explore tab's controls "Use this noise in Explore" sets: what DDIM (eta 0) needs to map the noise back
+# onto the image, plus the start note and its button. init_image is cleared: a run takes a start image or
+# starting latents, not both.
+NOISE_TARGETS = (
+    "prompt", "prompt_2", "mode", "uncond", "guidance_scale", "guidance_schedule", "interval_start", "interval_stop",
+    "guidance_rescale", "steps", "scheduler", "eta", "num_seeds", "width", "height", "init_image", "start_note",
+    "clear_start",
+)
+WHY_GUIDANCE_BREAKS = (
+    "Why strong guidance breaks it: each inverse step reuses the noise prediction at the current latent for the "
+    "next, noisier one; guidance scales up the prediction's change between steps (by s, through ε_c − ε_u), so "
+    "these small errors grow with s and compound over the steps (Mokady et al. 2022)."
+)
+
+
+def _field_error(exc: ValueError) -> gr.Error:
+    """The library names its own field (`steps`); say which of this tab's controls that is."""
+    if isinstance(exc, RequestError) and exc.field in FIELD_LABELS:
+        detail = str(exc).split(": ", 1)[-1]
+        return gr.Error(f"{FIELD_LABELS[exc.field]}: {detail}", title="Invalid input")
+    return _error(exc)
+
+
+def parse_curve_steps(text: str) -> tuple[int, ...]:
+    """"5, 10, 25, 50" -> (5, 10, 25, 50); errors name the Curve steps field."""
+    items = [item.strip() for item in (text or "").split(",") if item.strip()]
+    lo, hi = STEPS_RANGE
+    if not items:
+        raise gr.Error("Curve steps: give at least one number of steps, e.g. 5, 10, 25, 50", title="Invalid input")
+    if len(items) > MAX_CURVE_POINTS:
+        raise gr.Error(f"Curve steps: at most {MAX_CURVE_POINTS} values, got {len(items)}", title="Invalid input")
+    try:
+        steps = tuple(int(item) for item in items)
+    except ValueError:
+        raise gr.Error(f"Curve steps: must be whole numbers, got {text!r}", title="Invalid input") from None
+    bad = [n for n in steps if not lo <= n <= hi]
+    if bad:
+        raise gr.Error(f"Curve steps: each must be from {lo} to {hi}, got {bad[0]}", title="Invalid input")
+    return tuple(sorted(set(steps)))
+
+
+def curve_scales(guidance_scale: float) -> tuple[float, ...]:
+    """No guidance against the chosen scale, or against a typical strong one when the choice guides less."""
+    return (1.0, float(guidance_scale)) if guidance_scale > 1 else (1.0, STRONG_GUIDANCE)
+
+
+def _db(value: float) -> float | None:
+    return round(value, 2) if math.isfinite(value) else None  # identical images: no finite PSNR to plot
+
+
+class Inversions:
+    """The Invert tab's behaviour; one instance serves every session (the last inversion is per-session state)."""
+
+    def __init__(self, handlers, target_names: tuple[str, ...] = NOISE_TARGETS) -> None:
+        self.handlers = handlers
+        self.target_names = target_names
+        # Shown: x_T through the per-pixel latent->RGB map (one block per latent), the same colours the Linear
+        # preview gives. Fresh Gaussian noise looks like even colour speckle; where the image still shows
+        # through, the inversion carried structure into x_T instead of noise.
+        self.noise_preview = LinearPreview(scale_factor=handlers.pipe.vae_scale_factor)
+
+    def _result(self, inversion: Inversion, psnr: float, latent_mse: float) -> str:
+        r = inversion.request
+        guided = f"guidance {r.guidance_scale:g}" if r.guidance_scale != 1 else "no guidance (scale 1)"
+        line = (f"**PSNR {psnr:.2f} dB** · latent MSE {latent_mse:.4g} — {r.width}x{r.height}, "
+                f"{r.steps} DDIM steps, {guided}. Higher PSNR and lower MSE mean a closer round trip.")
+        if self.handlers.model_name == "tiny":
+            line += ("\n\n⚠️ The tiny random model's VAE cannot reproduce images, so PSNR is low whatever the "
+                     "steps; the latent MSE still shows how well the inversion itself went.")
+        return line
+
+    def invert(self, image, prompt: str, steps: float, guidance_scale: float) -> Iterator[tuple]:
+        """Stream (noise image, reconstruction, result text, inversion): invert, then reconstruct from the noise."""
+        if image is None:
+            raise gr.Error("Image to invert: upload an image to invert", title="Invalid input")
+        width, height = fit_size(image)
+        yield None, None, f"**Inverting** {width}x{height} with {int(steps)} DDIM steps...", None
+        yield from self._invert(image, prompt or "", int(steps), float(guidance_scale))
+
+    @gpu
+    def _invert(self, image, prompt: str, steps: int, guidance_scale: float) -> Iterator[tuple]:
+        try:
+            inversion = invert(self.handlers.pipe, image, prompt, steps, guidance_scale)
+            noise = self.noise_preview(inversion.noise)[0]
+            yield noise, None, "**Reconstructing:** DDIM (eta 0) from the recovered noise...", inversion
+            result = reconstruct(self.handlers.pipe, image, inversion)
+        except ValueError as exc:
+            raise _field_error(exc) from exc
+        except Exception as exc:
+            raise _error(exc) from exc
+        yield noise, result.image, self._result(inversion, result.psnr, result.latent_mse), inversion
+
+    def error_curve(self, image, prompt: str, guidance_scale: float, curve_steps: str) -> Iterator[tuple]:
+        """Stream (plot, table, status): one row per (scale, steps) as it finishes."""
+        if image is None:
+            raise gr.Error("Image to invert: upload an image to invert", title="Invalid input")
+        steps = parse_curve_steps(curve_steps)
+        scales = curve_scales(float(guidance_scale))
+        yield from self._curve(image, prompt or "", steps, scales)
+
+    @gpu
+    def _curve(self, image, prompt: str, steps: tuple[int, ...], scales: tuple[float, ...]) -> Iterator[tuple]:
+        rows: list[dict] = []
+        total = len(steps) * len(scales)
+        plan = f"(steps {', '.join(map(str, steps))} at guidance {' and '.join(f'{s:g}' for s in scales)})"
+        yield *self._tables(rows, steps, scales), f"**Error curve: 0/{total} round trips...** {plan}"
+        try:
+            for r in error_curve(self.handlers.pipe, image, prompt, steps, scales):
+                rows.append({"steps": r.steps, "guidance": r.guidance_scale, "PSNR (dB)": _db(r.psnr),
+                             "latent MSE": float(f"{r.latent_mse:.4g}")})
+                head = "done" if len(rows) == total else f"{len(rows)}/{total} round trips..."
+                yield *self._tables(rows, steps, scales), f"**Error curve: {head}** {plan}"
+        except ValueError as exc:
+            raise _field_error(exc) from exc
+        except Exception as exc:
+            raise _error(exc) from exc
+
+    @staticmethod
+    def _tables(rows: list[dict], steps: tuple[int, ...],
+                scales: tuple[float, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(plot, table). The plot lists every planned point from the start, PSNR empty until it is measured:
+        the page fixes a plot's types and colour legend from the first value it draws, so a first value with
+        fewer scales (or none) would leave the later lines undrawn."""
+        table = pd.DataFrame(rows, columns=["steps", "guidance", "PSNR (dB)", "latent MSE"]).astype(
+            {"steps": "int64", "guidance": "float64", "PSNR (dB)": "float64", "latent MSE": "float64"})
+        measured = {(row["guidance"], row["steps"]): row["PSNR (dB)"] for row in rows}
+        points = [(n, measured.get((s, n)), f"s = {s:g}") for s in scales for n in steps]
+        plot = pd.DataFrame(points, columns=["steps", "PSNR", "guidance"]).astype(
+            {"steps": "int64", "PSNR": "float64", "guidance": "object"})  # text: one coloured line per scale
+        return plot, table
+
+    def noise_settings(self, inversion: Inversion) -> dict:
+        """What the Explore tab needs to start from the inverted noise: DDIM (eta 0) with the inversion's prompt,
+        steps, guidance and size maps it back onto the image; change the prompt to edit it."""
+        r = inversion.request
+        return {
+            "prompt": r.prompt, "prompt_2": r.prompt_2, "mode": r.mode, "uncond": "zeros",
+            "guidance_scale": r.guidance_scale, "guidance_schedule": "constant", "interval_start": 0.0,
+            "interval_stop": 1.0, "guidance_rescale": 0.0, "steps": r.steps, "scheduler": "ddim", "eta": 0.0,
+            "num_seeds": 1, "width": r.width, "height": r.height, "init_image": None,
+            "start_note": f"Starting from the inverted noise of {r.width}x{r.height}: change the prompt to edit; "
+            "Forget it with the button below",
+            "clear_start": gr.update(visible=True),
+        }
+
+    def use_noise(self, inversion: Inversion | None) -> tuple:
+        """(start latents, *the Explore controls in `target_names` order)."""
+        if inversion is None:
+            raise gr.Error("Use this noise in Explore: invert an image first", title="Nothing to use")
+        settings = self.noise_settings(inversion)
+        gr.Info("The Explore tab now starts from the inverted noise: Generate there to see the image come back.")
+        return (inversion.noise, *(settings[name] for name in self.target_names))
 
 
 def build_invert_tab(handlers, targets: dict, start_latents: gr.State) -> None:
-    gr.Markdown("DDIM inversion: coming in this change.")
+    from .layout import FieldSlider  # layout imports this module first: only once it is built
+
+    names = tuple(name for name in NOISE_TARGETS if name in targets)
+    inversions = Inversions(handlers, names)
+    gr.Markdown(
+        "DDIM inversion runs the deterministic DDIM sampler backwards, from an image to the noise that DDIM "
+        "(eta 0, same prompt, steps and guidance) maps back onto it (Song et al. 2020). Invert, look at the "
+        "round trip, then start the Explore tab from the noise and change the prompt to edit the image."
+    )
+    with gr.Row():
+        with gr.Column(scale=2):
+            image = gr.Image(label="Image to invert", type="pil", sources=["upload", "clipboard"], height=320,
+                             elem_id="invert-image")
+            prompt = gr.Textbox(label="Inversion prompt", value="a photo", lines=2,
+                                info="Describe the image: inversion conditions on this prompt.")
+            steps = FieldSlider(1, 200, value=50, step=1, label="Inversion steps",
+                                info="More steps: smaller inverse-step errors, a closer round trip.")
+            scale = FieldSlider(0, 20, value=1, step=0.5, label="Inversion guidance scale",
+                                info="1 is no guidance, which inverts best.")
+            with gr.Row():
+                invert_btn = gr.Button("Invert", variant="primary")
+                use_btn = gr.Button("Use this noise in Explore")
+        with gr.Column(scale=3):
+            result = gr.Markdown("Upload an image and press **Invert**.", label="Inversion result",
+                                 elem_id="invert-result")
+            with gr.Row():
+                noise = gr.Image(label="Recovered noise", interactive=False, format="png", elem_id="invert-noise",
+                                 buttons=["download", "fullscreen"])
+                reconstruction = gr.Image(label="Reconstruction", interactive=False, format="png",
+                                          elem_id="invert-reconstruction", buttons=["download", "fullscreen"])
+    with gr.Accordion("Reconstruction error vs steps", open=True):
+        with gr.Row():
+            curve_steps = gr.Textbox(label="Curve steps", value=CURVE_STEPS, scale=3,
+                                     info="Comma-separated numbers of steps; each runs at guidance 1 and at the "
+                                     f"chosen scale (or {STRONG_GUIDANCE:g} when that is not above 1).")
+            curve_btn = gr.Button("Error curve", scale=1)
+        curve_status = gr.Markdown("Press **Error curve** to invert and reconstruct at each number of steps.",
+                                   label="Error curve status", elem_id="curve-status")
+        with gr.Row():
+            plot = gr.LinePlot(x="steps", y="PSNR", color="guidance", label="Reconstruction error vs steps",
+                               x_title="DDIM steps", y_title="PSNR (dB)", sort="x")
+            table = gr.Dataframe(label="Reconstruction error table", interactive=False,
+                                 headers=["steps", "guidance", "PSNR (dB)", "latent MSE"])
+        gr.Markdown(WHY_GUIDANCE_BREAKS)
+    last = gr.State(None)  # this session's last Inversion
+
+    invert_btn.click(inversions.invert, inputs=[image, prompt, steps, scale],
+                     outputs=[noise, reconstruction, result, last], api_name="invert", concurrency_id="gpu")
+    curve_btn.click(
+        inversions.error_curve, inputs=[image, prompt, scale, curve_steps], outputs=[plot, table, curve_status],
+        api_name="error_curve", concurrency_id="gpu",
+    )
+    use_btn.click(inversions.use_noise, inputs=last, outputs=[start_latents, *(targets[n] for n in names)],
+                  api_name="use_inverted_noise")
