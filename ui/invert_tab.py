@@ -14,6 +14,7 @@ from pipeline.inversion import Inversion, error_curve, fit_size, invert, reconst
 from pipeline.previews import LinearPreview
 from pipeline.request import STEPS_RANGE
 
+from .fields import FieldSlider
 from .handlers import _error, gpu
 
 CURVE_STEPS = "5, 10, 25, 50"
@@ -34,7 +35,7 @@ FIELD_LABELS = {  # library field -> this tab's label
 NOISE_TARGETS = (
     "prompt", "prompt_2", "mode", "uncond", "guidance_scale", "guidance_schedule", "interval_start", "interval_stop",
     "guidance_rescale", "steps", "scheduler", "eta", "num_seeds", "width", "height", "init_image", "start_note",
-    "clear_start",
+    "clear_start", "tabs",
 )
 WHY_GUIDANCE_BREAKS = (
     "Why strong guidance breaks it: each inverse step reuses the noise prediction at the current latent for the "
@@ -169,8 +170,9 @@ class Inversions:
             "interval_stop": 1.0, "guidance_rescale": 0.0, "steps": r.steps, "scheduler": "ddim", "eta": 0.0,
             "num_seeds": 1, "width": r.width, "height": r.height, "init_image": None,
             "start_note": f"Starting from the inverted noise of {r.width}x{r.height}: change the prompt to edit; "
-            "Forget it with the button below",
+            "Forget it with the button beside Generate.",
             "clear_start": gr.update(visible=True),
+            "tabs": gr.Tabs(selected="explore"),  # take the user to where the noise is used
         }
 
     def use_noise(self, inversion: Inversion | None) -> tuple:
@@ -183,7 +185,6 @@ class Inversions:
 
 
 def build_invert_tab(handlers, targets: dict, start_latents: gr.State) -> None:
-    from .layout import FieldSlider  # layout imports this module first: only once it is built
 
     names = tuple(name for name in NOISE_TARGETS if name in targets)
     inversions = Inversions(handlers, names)

@@ -20,53 +20,12 @@ from pipeline.request import (
 )
 
 from . import render
+from .fields import FieldDropdown, FieldNumber, FieldRadio, FieldSlider
 from .handlers import CONTROL_NAMES, GENERATE_OUTPUTS, Handlers
 from .invert_tab import build_invert_tab
 from .sweep_tab import build_sweep_tab
 
 CACHE_LIFETIME = (600, 3600)  # every 10 min, delete streamed frames older than 1 h: each frame is a file
-
-
-class NamedErrors:
-    """Gradio checks bounds and choices before a handler runs, with messages like "Value 0 is less than
-    minimum value 1." that do not say which input. API clients send many fields at once, so these
-    components put their label in front of the message."""
-
-    is_template = True  # render with Gradio's own component of the base class
-
-    def get_block_name(self) -> str:
-        # Gradio names the Svelte component after `__class__.__base__`, which here is this mixin: the page
-        # would ask for a "namederrors" component that does not exist, and never finish loading.
-        gradio_class = next(c for c in type(self).__mro__ if c.__module__.startswith("gradio."))
-        return gradio_class.__name__.lower()
-
-    get_block_class = get_block_name
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error as exc:
-            if getattr(self, "minimum", None) is not None or getattr(self, "maximum", None) is not None:
-                detail = f"must be from {self.minimum} to {self.maximum}, got {payload}"
-            else:
-                detail = exc.message
-            raise gr.Error(f"{self.label}: {detail}", title="Invalid input") from exc
-
-
-class FieldSlider(NamedErrors, gr.Slider):
-    pass
-
-
-class FieldNumber(NamedErrors, gr.Number):
-    pass
-
-
-class FieldRadio(NamedErrors, gr.Radio):
-    pass
-
-
-class FieldDropdown(NamedErrors, gr.Dropdown):
-    pass
 
 
 def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -> gr.Blocks:
@@ -77,13 +36,13 @@ def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -
         )
         gr.Markdown(banner, visible=bool(banner), elem_id="model-banner")
         start_latents = gr.State(None)  # starting noise, sent from the Invert tab
-        with gr.Tabs():
-            with gr.Tab("Explore"):
+        with gr.Tabs() as tabs:
+            with gr.Tab("Explore", id="explore"):
                 c, out = _explore_tab(handlers, default_size)
-            with gr.Tab("X/Y sweep"):
+            with gr.Tab("X/Y sweep", id="sweep"):
                 build_sweep_tab(handlers, [c[name] for name in CONTROL_NAMES])
-            with gr.Tab("Invert"):
-                build_invert_tab(handlers, {**c, **out}, start_latents)
+            with gr.Tab("Invert", id="invert"):
+                build_invert_tab(handlers, {**c, **out, "tabs": tabs}, start_latents)
         _wire_explore(demo, handlers, c, out, start_latents)
     return demo
 
@@ -173,8 +132,6 @@ def _explore_tab(handlers: Handlers, default_size: int) -> tuple[dict, dict]:
                 c["strength"] = FieldSlider(0.0, 1.0, value=0.75, step=0.05, label="Strength",
                                             info="How much noise to add: 0 keeps the image, 1 starts from (almost) pure noise.")
                 out["strength_info"] = gr.Markdown(handlers.describe_strength(None, 0.75, 30))
-                out["start_note"] = gr.Markdown()
-                out["clear_start"] = gr.Button("Forget the inverted noise", visible=False, size="sm")
             with gr.Accordion("Previews and decomposition", open=True):
                 c["preview"] = FieldRadio(render.PREVIEW_CHOICES, value="tiny", label="Preview decoder")
                 with gr.Row():
@@ -185,6 +142,8 @@ def _explore_tab(handlers: Handlers, default_size: int) -> tuple[dict, dict]:
                                                  info="Show one seed's unconditional, conditional and guided x̂₀.")
                     c["decompose_seed"] = FieldNumber(value=1, precision=0, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1],
                                                       label="Decomposition seed")
+            out["start_note"] = gr.Markdown(elem_id="start-note")  # set when the Invert tab sends its noise here
+            out["clear_start"] = gr.Button("Forget the inverted noise", visible=False, size="sm")
             with gr.Row():
                 out["generate"] = gr.Button("Generate", variant="primary")
                 out["stop"] = gr.Button("Stop", variant="stop")

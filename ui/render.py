@@ -91,7 +91,9 @@ def status(step: int, total: int, steps_per_second: float, done: bool = False) -
 
 def starting(request) -> str:
     where = ""
-    if request.init_image is not None:
+    if request.init_latents is not None:
+        where = " from the inverted noise"
+    elif request.init_image is not None:
         from pipeline.loop import img2img_start
 
         where = f" from the image, at step {img2img_start(request.steps, request.strength) + 1} of {request.steps}"

@@ -19,6 +19,7 @@ from pipeline import MODES, SCHEDULERS, RequestError
 from pipeline.request import GUIDANCE_SCALE_RANGE, SEED_RANGE
 from pipeline.sweep import AXES, MAX_CELLS, Axis, batches, run_sweep, sweep_cells
 
+from .fields import FieldDropdown
 from .handlers import _error, gpu, takes_controls
 
 CELL_SIZE = 512  # the Cells gallery shows JPEG thumbnails; the grid PNG keeps full size
@@ -186,7 +187,6 @@ class Sweeps:
 
 
 def build_sweep_tab(handlers, controls: list) -> None:
-    from .layout import FieldDropdown  # layout imports this module first: only once it is built
 
     sweeps = Sweeps(handlers)
     gr.Markdown(
