@@ -3,6 +3,7 @@
 import socket
 import threading
 import time
+from unittest import mock
 
 import pytest
 
@@ -24,7 +25,9 @@ class Throttle:
         self.unet, self.delay, self.calls = unet, 0.0, 0
         self._forward = unet.forward
         self._lock = threading.Lock()
-        unet.forward = self._slow
+        # patch.object puts back exactly what was there, even if another wrapper came and went meanwhile
+        self._patch = mock.patch.object(unet, "forward", self._slow)
+        self._patch.start()
 
     def _slow(self, *args, **kwargs):
         with self._lock:
@@ -34,10 +37,10 @@ class Throttle:
         return self._forward(*args, **kwargs)
 
     def restore(self):
-        del self.unet.forward
+        self._patch.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down (UNet unpatched) before other packages' tests use the pipe
 def app_server(tiny_pipe, tmp_path_factory):
     from pipeline import tiny_taesd
     from pipeline.presets import load_presets

@@ -1,5 +1,7 @@
 """Guidance identities, and the promise that single-prediction modes run one UNet pass per step."""
 
+from unittest import mock
+
 import pytest
 import torch
 
@@ -97,11 +99,12 @@ class UNetCallCounter:
             self.batches.append(sample.shape[0])
             return self.original(sample, *args, **kwargs)
 
-        self.unet.forward = counting
+        self._patch = mock.patch.object(self.unet, "forward", counting)
+        self._patch.start()
         return self
 
     def __exit__(self, *exc):
-        del self.unet.forward  # back to the class's forward
+        self._patch.stop()  # back to whatever forward was there before
 
 
 @pytest.mark.parametrize(
