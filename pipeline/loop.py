@@ -252,6 +252,7 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
                               latents=latents[lane.rows], pred_x0=latents[lane.rows], unet_passes=0) for lane in lanes)
         return
     extra = step_kwargs(scheduler, generators, first.eta)
+    timestep_values = timesteps.tolist()  # one device sync here, not one per step for the events
     prediction_type = scheduler.config.prediction_type
     conditioning: dict[tuple, tuple[Tensor, dict[str, Tensor]]] = {}
 
@@ -303,7 +304,7 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
         x0_all = pred_original_sample(scheduler, output)
         yield tuple(
             StepEvent(
-                step=i + 1, total=total, timestep=float(t), seeds=lane.request.seeds,
+                step=i + 1, total=total, timestep=float(timestep_values[i]), seeds=lane.request.seeds,
                 latents=latents[lane.rows], pred_x0=x0_all[lane.rows], guidance_scale=scale, unet_passes=passes,
                 guidance_norm=norm, cosine=cosine, decomposition=decomposition,
             )
