@@ -6,6 +6,7 @@ order of `CONTROL_NAMES`, so the page, the API and the tests share one descripti
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -15,7 +16,7 @@ import threading
 import typing
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import gradio as gr
@@ -203,6 +204,43 @@ def query_from_settings(settings: dict[str, Any]) -> str:
     return urlencode({name: settings[name] for name in CONTROL_NAMES if name in settings})
 
 
+class SessionJobs:
+    """The one running job per browser session (or API client), so that a Stop event can reach it.
+
+    Stop is done this way rather than with Gradio's `cancels`, which raced the run's stream: a frame already
+    on its way could land after "Stopped" and leave the page looking frozen mid-run. Here the job stops
+    within a step and its own stream says where it stopped. A new job in the session stops the old one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stops: dict[str, Callable[[], None]] = {}
+
+    @contextlib.contextmanager
+    def running(self, request: gr.Request | None, stop: Callable[[], None]) -> Iterator[None]:
+        session = getattr(request, "session_hash", None)
+        if session:
+            with self._lock:
+                previous = self._stops.get(session)
+                self._stops[session] = stop
+            if previous is not None:
+                previous()
+        try:
+            yield
+        finally:
+            if session:
+                with self._lock:
+                    if self._stops.get(session) is stop:
+                        del self._stops[session]
+
+    def stop(self, request: gr.Request | None) -> None:
+        session = getattr(request, "session_hash", None)
+        with self._lock:
+            stop = self._stops.get(session) if session else None
+        if stop is not None:
+            stop()
+
+
 def _error(exc: Exception) -> gr.Error:
     return gr.Error(str(exc), title="Invalid input" if isinstance(exc, ValueError) else "Generation failed")
 
@@ -215,7 +253,7 @@ class Handlers:
         self.presets = presets or []
         self.output_dir = Path(output_dir or Path(tempfile.gettempdir()) / "cfg-explorer-outputs")
         self._lock = threading.Lock()
-        self._active: dict[str, Run] = {}  # session -> its running generation, for Stop
+        self.jobs = SessionJobs()  # generations and sweeps, for their Stop buttons
 
     # --- generation -------------------------------------------------------------------------------
 
@@ -252,30 +290,12 @@ class Handlers:
             run = self.start_run(settings, init_image, start_latents)
         except ValueError as exc:
             raise _error(exc) from exc
-        session = getattr(request, "session_hash", None)
-        if session:
-            with self._lock:
-                previous = self._active.pop(session, None)
-                self._active[session] = run
-            if previous is not None:
-                previous.stop()
-        try:
+        with self.jobs.running(request, run.stop):
             yield from self._stream(run)
-        finally:
-            if session:
-                with self._lock:
-                    if self._active.get(session) is run:
-                        del self._active[session]
 
     def stop(self, request: gr.Request = None) -> None:
-        """Stop this session's run within one step. The run's own stream then reports where it stopped,
-        so the page's last word is always the run's (Gradio's `cancels` raced it: a frame already on its way
-        could land after "Stopped" and leave the page looking frozen mid-run)."""
-        session = getattr(request, "session_hash", None)
-        with self._lock:
-            run = self._active.get(session) if session else None
-        if run is not None:
-            run.stop()
+        """Stop this session's run within one step; the run's own stream then reports where it stopped."""
+        self.jobs.stop(request)
 
     @staticmethod
     def _out(**updates) -> tuple:

@@ -72,8 +72,6 @@ class Sweeps:
 
     def __init__(self, handlers) -> None:
         self.handlers = handlers
-        self._lock = threading.Lock()
-        self._stops: dict[str, threading.Event] = {}  # session -> its running sweep's stop flag
 
     def describe_axis(self, name: str):
         """Picking an axis fills its values with an example and says what values it takes."""
@@ -110,28 +108,12 @@ class Sweeps:
         """Stream (status, grid, cells): a status line every step, the cells as their batch ends, the grid last."""
         base, x, y, count, batch_count = self.plan(values, x_axis, x_values, y_axis, y_values)
         stop = threading.Event()
-        session = getattr(request, "session_hash", None)
-        if session:
-            with self._lock:
-                previous = self._stops.pop(session, None)
-                self._stops[session] = stop
-            if previous is not None:
-                previous.set()
-        try:
+        with self.handlers.jobs.running(request, stop.set):
             yield from self._stream(base, x, y, count, batch_count, stop)
-        finally:
-            if session:
-                with self._lock:
-                    if self._stops.get(session) is stop:
-                        del self._stops[session]
 
     def stop(self, request: gr.Request = None) -> None:
         """End this session's sweep within one step; its stream then says where it stopped."""
-        session = getattr(request, "session_hash", None)
-        with self._lock:
-            flag = self._stops.get(session) if session else None
-        if flag is not None:
-            flag.set()
+        self.handlers.jobs.stop(request)
 
     @staticmethod
     def _out(**updates) -> tuple:
