@@ -19,13 +19,10 @@ from pipeline import denoise, generate
 from pipeline.loop import make_generators
 
 from .common import (
+    run_one,
     BenchModels,
     Comparison,
-    build_models,
-    describe,
-    finish_args,
     interleave,
-    parser,
     report,
     request,
     timed,
@@ -90,10 +87,7 @@ def run(models: BenchModels, args) -> list[Comparison]:
 
 
 def main(argv: list[str] | None = None) -> list[Comparison]:
-    args = finish_args(parser(__doc__.splitlines()[0]).parse_args(argv))
-    models = build_models(args.device, args.full_size)
-    describe(args, models)
-    return run(models, args)
+    return run_one(run, __doc__, argv)
 
 
 if __name__ == "__main__":

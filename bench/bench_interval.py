@@ -12,7 +12,7 @@ import sys
 
 from pipeline import denoise
 
-from .common import BenchModels, Comparison, build_models, describe, finish_args, interleave, parser, report, request, timed
+from .common import BenchModels, Comparison, interleave, report, request, run_one, timed
 
 
 def run(models: BenchModels, args) -> list[Comparison]:
@@ -32,10 +32,7 @@ def run(models: BenchModels, args) -> list[Comparison]:
 
 
 def main(argv: list[str] | None = None) -> list[Comparison]:
-    args = finish_args(parser(__doc__.splitlines()[0]).parse_args(argv))
-    models = build_models(args.device, args.full_size)
-    describe(args, models)
-    return run(models, args)
+    return run_one(run, __doc__, argv)
 
 
 if __name__ == "__main__":

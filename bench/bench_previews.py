@@ -17,14 +17,11 @@ from pipeline import denoise
 from pipeline.previews import make_preview_decoder
 
 from .common import (
+    run_one,
     BenchModels,
     Comparison,
-    build_models,
     clock,
-    describe,
-    finish_args,
     interleave,
-    parser,
     report,
     request,
     timed,
@@ -75,10 +72,7 @@ def run(models: BenchModels, args) -> list[Comparison]:
 
 
 def main(argv: list[str] | None = None) -> list[Comparison]:
-    args = finish_args(parser(__doc__.splitlines()[0]).parse_args(argv))
-    models = build_models(args.device, args.full_size)
-    describe(args, models)
-    return run(models, args)
+    return run_one(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -327,3 +327,12 @@ def describe(args: argparse.Namespace, models: BenchModels) -> None:
     )
     if not args.device.startswith("cuda") and (warning := load_warning()):
         print(warning)
+
+
+def run_one(run: Callable[[BenchModels, argparse.Namespace], list[Comparison]], doc: str,
+            argv: list[str] | None = None) -> list[Comparison]:
+    """A single benchmark's `main`: parse the shared flags, build the models, describe them, run."""
+    args = finish_args(parser(doc.splitlines()[0]).parse_args(argv))
+    models = build_models(args.device, args.full_size)
+    describe(args, models)
+    return run(models, args)

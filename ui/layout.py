@@ -181,7 +181,7 @@ def _explore_tab(handlers: Handlers, default_size: int) -> tuple[dict, dict]:
 
 def _wire_explore(demo: gr.Blocks, handlers: Handlers, c: dict, out: dict, start_latents: gr.State) -> None:
     controls = [c[name] for name in CONTROL_NAMES]
-    run_event = out["generate"].click(
+    out["generate"].click(
         handlers.bound("generate"), inputs=controls + [c["init_image"], start_latents],
         outputs=[out[name] for name in GENERATE_OUTPUTS], api_name="generate", concurrency_id="gpu",
     )
