@@ -7,7 +7,6 @@ buffer is created in `prepare_inputs` at step 0). Our loop owns that state inste
 
 from __future__ import annotations
 
-import torch
 from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
 from diffusers.guiders.classifier_free_zero_star_guidance import cfg_zero_star_scale
 from diffusers.guiders.guider_utils import rescale_noise_cfg
@@ -43,7 +42,3 @@ def rescale(noise_pred: Tensor, noise_pred_cond: Tensor, phi: float) -> Tensor:
     if phi == 0.0:
         return noise_pred
     return rescale_noise_cfg(noise_pred, noise_pred_cond, guidance_rescale=phi)
-
-
-def zeros_like(noise_pred: Tensor) -> Tensor:
-    return torch.zeros_like(noise_pred)
