@@ -28,7 +28,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from torch import Tensor
 
-from .guidance import COND, Part, guidance_mode
+from .guidance import COND, GUIDANCE_MODES, Part, guidance_mode
 from .loop import Resume, StepEvent, _timesteps, combine, generate, plan_passes
 from .request import FORKABLE, NON_SETTINGS, ForkPoint, GenerationRequest, RequestError
 from .schedulers import pred_original_sample, step_kwargs
@@ -107,6 +107,7 @@ class RunCache:
         self.request = request
         self.budget_bytes = budget_bytes
         self.name = "original"
+        self.dropped = False
         self.entries: dict[int, CachedStep] = {}
         self._latent_numel = pipe.unet.config.in_channels * (request.height // f) * (request.width // f)
         self._itemsize = torch.empty((), dtype=pipe.unet.dtype).element_size()
@@ -137,6 +138,19 @@ class RunCache:
         return sum(entry.nbytes for entry in self.entries.values())
 
     @property
+    def planned_bytes(self) -> int:
+        """The memory the steps it will keep hold once the run is done (at most `budget_bytes`)."""
+        first = max(self.entries, default=0)
+        return self.nbytes + sum(self.step_bytes(s) for s in range(first + 1, len(self._coefficients) + 1)
+                                 if s % self.stride == 0)
+
+    def drop(self) -> None:
+        """Let go of every kept step (a server short of memory drops its oldest runs' caches); later what-ifs
+        and forks on it say so."""
+        self.entries = {}
+        self.dropped = True
+
+    @property
     def steps(self) -> list[int]:
         """The kept steps, 1-based."""
         return sorted(self.entries)
@@ -147,7 +161,7 @@ class RunCache:
 
     def add(self, event: StepEvent) -> None:
         """Keep `event`'s step if the stride says so. The event must come from a run with `record=True`."""
-        if event.step == 0:  # img2img at strength 0: the VAE round trip, no denoising step to keep
+        if event.step == 0 or self.dropped:  # step 0: img2img at strength 0, the VAE round trip; nothing to keep
             return
         if event.record is None:
             raise ValueError("event: has no record; run generate(..., record=True) to fill a RunCache")
@@ -167,10 +181,26 @@ class RunCache:
             yield event
 
     def entry(self, step: int) -> CachedStep:
+        if self.dropped:
+            raise ValueError("step: this run's cached predictions were dropped to make room; run it again")
         if step not in self.entries:
             raise ValueError(f"step: {step} is not cached; cached steps are {self.steps} (every {self.stride}th "
                              f"fits the {self.budget_bytes:,}-byte budget)")
         return self.entries[step]
+
+    def modes_at(self, step: int) -> list[str]:
+        """The modes that `whatif` can recombine step `step` into at its own scale (those whose predictions it
+        computed): CFG's two predictions allow CFG, reversed, conditional only and unconditional only, say."""
+        entry = self.entry(step)
+        scale = entry.scale
+        possible = []
+        for name in GUIDANCE_MODES:
+            try:
+                whatif(self, step, scale, name)
+            except ValueError:  # a prediction it did not compute, or a setting the mode needs (a negative prompt)
+                continue
+            possible.append(name)
+        return possible
 
     def branch(self, step: int, new_request: GenerationRequest) -> RunCache:
         """A cache for the fork at `step` with `new_request`'s settings: it shares this one's steps up to `step`
@@ -181,6 +211,7 @@ class RunCache:
         child.budget_bytes, child._latent_numel, child._itemsize = self.budget_bytes, self._latent_numel, self._itemsize
         child._coefficients = self._coefficients  # the same scheduler and timesteps: a fork never changes them
         child.name = branch_name(self.settings_at(step), child.settings_at(step + 1), step)
+        child.dropped = False
         child.entries = {s: e for s, e in self.entries.items() if s <= step}
         child.stride = child._choose_stride(step, child.nbytes)
         return child
