@@ -105,6 +105,7 @@ FIELD_LABELS: dict[str, str] = {
     "weighted_prompts": "Weighted prompts",
     "init_image": "Start image",
     "init_latents": "Starting noise (from the Invert tab)",
+    "forks": "Fork path (from the restored PNG)",
 }
 
 

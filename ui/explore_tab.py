@@ -8,6 +8,7 @@ API and the tests share one description of the controls.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from dataclasses import MISSING, fields
@@ -47,6 +48,7 @@ from .controls import (
 from .fields import FieldCheckbox, FieldDropdown, FieldFile, FieldImage, FieldNumber, FieldRadio, FieldSlider, FieldTextbox
 from .handlers import Handlers, gpu, gr_error, request_gpu_seconds, takes_controls
 from .streaming import History, Run
+from .whatif import WhatIfPanel, build_whatif, wire_whatif
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +110,15 @@ class Explore:
     def decoder(self, name: str):
         return make_preview_decoder(name, self.pipe, self.taesd)
 
-    def start_run(self, settings: dict[str, Any], init_image=None, init_latents=None, check_only: bool = False) -> Run | None:
-        """The run the settings describe (not started); with `check_only`, only validate them."""
+    def start_run(self, settings: dict[str, Any], init_image=None, init_latents=None, check_only: bool = False,
+                  forks=None) -> Run | None:
+        """The run the settings describe (not started); with `check_only`, only validate them. `forks`: the fork
+        path of a restored PNG (`GenerationRequest.forks`), replayed from the start."""
         if init_image is not None:  # a path from the page, or an image from a notebook
             init_image = load_image(init_image, "init_image")
         request = request_from_settings(settings, init_image, init_latents)
+        if forks:
+            request = dataclasses.replace(request, forks=tuple(forks))  # validated again: steps may have changed
         # The preview settings are not the request's: read them as strictly, defaults where left out.
         get = {name: read(name, settings[name]) for name in ("preview", "preview_every", "preview_source")
                if settings.get(name) is not None}.get
@@ -120,28 +126,31 @@ class Explore:
         decoder = self.decoder(get("preview", "linear"))  # cheap: a decoder that is not loaded fails here
         if check_only:
             return None
-        return Run(self.pipe, request, decoder, every, source=lambda event: getattr(event, source))
+        return Run(self.pipe, request, decoder, every, source=lambda event: getattr(event, source),
+                   cache=self.handlers.whatif.new(self.pipe, request))
 
     def bound(self, name: str):
         """A handler bound to this instance, with the controls as named parameters (see `takes_controls`)."""
         method = getattr(self, name)
         return takes_controls(method)
 
-    def generate(self, *values: Any, init_image=None, start_latents=None, request: gr.Request = None) -> Iterator[tuple]:
+    def generate(self, *values: Any, init_image=None, start_latents=None, fork_path=None,
+                 request: gr.Request = None) -> Iterator[tuple]:
         """Stream (gallery, status, step slider, plot, downloads, history, decomposition) while it denoises."""
         settings = dict(zip(CONTROL_NAMES, values))
         try:
-            run = self.start_run(settings, init_image, start_latents)
+            run = self.start_run(settings, init_image, start_latents, forks=fork_path)
         except ValueError as exc:
             raise gr_error(exc) from exc
         with self.jobs.running(request, run.stop) as run_id:
-            yield from self._stream(run, run_id)
+            yield from self.stream(run, run_id)
 
-    def check_run(self, *values: Any, init_image=None, start_latents=None) -> None:
+    def check_run(self, *values: Any, init_image=None, start_latents=None, fork_path=None) -> None:
         """The page validates before it runs: a refused value then leaves the last results as they are (an error
         in the run's own event would turn every output into an error badge)."""
         try:
-            self.start_run(dict(zip(CONTROL_NAMES, values)), init_image, start_latents, check_only=True)
+            self.start_run(dict(zip(CONTROL_NAMES, values)), init_image, start_latents, check_only=True,
+                           forks=fork_path)
         except ValueError as exc:
             raise gr_error(exc) from exc
 
@@ -167,8 +176,9 @@ class Explore:
     def _out(**updates) -> tuple:
         return tuple(updates.get(name, gr.skip()) for name in GENERATE_OUTPUTS)
 
-    @gpu(duration=lambda self, run, run_id="": request_gpu_seconds(run.request))
-    def _stream(self, run: Run, run_id: str = "") -> Iterator[tuple]:
+    @gpu(duration=lambda self, run, run_id="", intro=None: request_gpu_seconds(run.request))
+    def stream(self, run: Run, run_id: str = "", intro: str | None = None) -> Iterator[tuple]:
+        """Run `run` and stream its updates, in the order of GENERATE_OUTPUTS; `intro`: the first status line."""
         request, history = run.request, run.history
         seeds, total = request.seeds, run.history.total
 
@@ -185,7 +195,7 @@ class Explore:
         decomposed = request.decompose_seed is not None
         # A new run clears what belonged to the last one: its plot, files, and step history.
         yield self._out(
-            status=render.starting(request), step_slider=gr.update(visible=False), norm_plot=plot(), downloads=None,
+            status=intro or render.starting(request), step_slider=gr.update(visible=False), norm_plot=plot(), downloads=None,
             history=None, decomposition=gr.update(value=[], visible=decomposed), final_btn=gr.update(visible=False),
             run_id=run_id,
             norm_note=render.norm_note(request.mode),
@@ -392,6 +402,17 @@ class Explore:
         note = f"Restored the settings of {Path(path).name} (seed {seed}). {note}"
         return (*self._updates(settings), note, *groups)
 
+    def fork_path_of_png(self, path: str | None) -> tuple:
+        """A restored PNG that a fork made carries its path: keep it for Generate, which replays it, and say so.
+        Outputs: the fork path, the note, the Forget button."""
+        if not path:
+            return gr.skip(), gr.skip(), gr.skip()
+        request, _ = read_settings(path)  # already read once by restore_from_png, so valid
+        if not request.forks:
+            return None, "", gr.update(visible=False)
+        return ([p.to_dict() for p in request.forks], render.fork_path_note(request),
+                gr.update(visible=True))
+
     def share_link(self, *values: Any, request: gr.Request | None = None) -> str:
         settings = dict(zip(CONTROL_NAMES, values))
         try:
@@ -546,6 +567,8 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
             out["status"] = gr.Markdown("Press **Generate**.", elem_id="status")
             out["start_note"] = gr.Markdown(elem_id="start-note")  # set when the Invert tab sends its noise here
             out["clear_start"] = gr.Button("Forget the inverted noise", visible=False, size="sm")
+            out["fork_note"] = gr.Markdown(elem_id="fork-note")  # set when a restored PNG is a fork's
+            out["clear_fork"] = gr.Button("Forget the fork path", visible=False, size="sm")
             out["gallery"] = gr.Gallery(
                 label="Images", columns=4, format="jpeg", object_fit="contain", height=GALLERY_HEIGHT,
                 buttons=["download", "fullscreen"], elem_id="images",
@@ -556,6 +579,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                                                buttons=[], elem_id="step-slider",
                                                info="Drag, or focus it and use the arrow keys: the images follow.")
                 out["final_btn"] = gr.Button("Final images", visible=False, size="sm", scale=1, min_width=100)
+            out["whatif"] = build_whatif(explore)
             out["decomposition_note"] = gr.Markdown(visible=False, elem_id="decomposition-note")
             out["decomposition"] = gr.Gallery(
                 label="Decomposition", show_label=False, columns=4, format="jpeg", object_fit="contain",
@@ -571,6 +595,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
     out["error_text"] = gr.Textbox(visible=False)  # carries a refused run's message back to the server
     out["invalid_style"] = gr.HTML("", elem_id="invalid-style", padding=False)  # marks the control it names
     out["history"] = gr.State(None)
+    out["fork_path"] = gr.State(None)  # a restored fork PNG's path (GenerationRequest.forks), replayed by Generate
     out["before"] = gr.State(None)  # the controls just before a preset, PNG or link replaced them
     # The running job's id, from the first update of its stream: Stop sends it back (see handlers.Jobs).
     out["run_id"] = gr.Textbox(label="Run id", visible=False)  # the controls just before a preset, PNG or link replaced them
@@ -590,17 +615,19 @@ def wire_explore(demo: gr.Blocks, explore: Explore, c: dict, out: dict, start_la
     """The Explore tab's events; `c` and `out` come from `build_explore_tab`."""
     controls = [c[name] for name in CONTROL_NAMES]
     groups = [out[f"group_{key}"] for key in GROUP_TITLES]
-    run_inputs = controls + [c["init_image"], start_latents]
+    run_inputs = controls + [c["init_image"], start_latents, out["fork_path"]]
     # The page checks the controls first, in an event with no outputs: a refused value raises there, so the
     # last run's images, slider and plot stay as they were instead of turning into error badges.
     check = out["generate"].click(explore.bound("check_run"), inputs=run_inputs, api_visibility="private",
                                   queue=False, show_progress="hidden")
     check.success(lambda: "", outputs=out["invalid_style"], api_visibility="private", queue=False,
                   show_progress="hidden")
-    check.success(
+    generated = check.success(
         explore.bound("generate"), inputs=run_inputs, outputs=[out[name] for name in GENERATE_OUTPUTS],
         api_name="generate", concurrency_id="gpu",
     )
+    wire_whatif(explore, WhatIfPanel(explore), out["whatif"], c, out, generated,
+                [out[name] for name in GENERATE_OUTPUTS])
     check.failure(explore.explain_invalid, inputs=out["error_text"], outputs=[out["status"], out["invalid_style"], *groups],
                   js=READ_ERROR, api_visibility="private", queue=False, show_progress="hidden")
     # Stop ends the run server-side; the run's own stream then says where it stopped (see Explore.stop).
@@ -658,8 +685,15 @@ def wire_explore(demo: gr.Blocks, explore: Explore, c: dict, out: dict, start_la
         outputs=[*controls, out["preset_note"], out["changed"], *groups], api_name="load_preset")
     out["link_btn"].click(explore.bound("share_link"), inputs=controls, outputs=out["link"], api_name="share_link").then(
         None, inputs=out["link"], outputs=out["link_note"], js=COPY_LINK)
+    fork_outputs = [out["fork_path"], out["fork_note"], out["clear_fork"]]
     out["png_in"].upload(explore.snapshot, inputs=controls, outputs=out["before"], api_visibility="private",
                          queue=False, show_progress="hidden").then(
         explore.restore_from_png, inputs=[out["png_in"], out["before"]], outputs=[*controls, out["changed"], *groups],
-        api_name="restore_from_png")
+        api_name="restore_from_png").success(
+        explore.fork_path_of_png, inputs=out["png_in"], outputs=fork_outputs, api_visibility="private", queue=False,
+        show_progress="hidden")
+    # A preset, or the button, leaves the restored fork path behind: Generate then runs the controls alone.
+    for event in (out["presets"].click, out["clear_fork"].click):
+        event(lambda: (None, "", gr.update(visible=False)), outputs=fork_outputs, api_visibility="private",
+              queue=False, show_progress="hidden")
     demo.load(explore.restore_from_query, outputs=controls, api_name="restore_from_url")

@@ -11,17 +11,19 @@ import functools
 import inspect
 import logging
 import math
+import os
 import secrets
 import tempfile
 import threading
 import traceback
 import typing
+import weakref
 from pathlib import Path
 from typing import Callable, Iterator
 
 import gradio as gr
 
-from pipeline import GenerationRequest, RequestError
+from pipeline import GenerationRequest, RequestError, RunCache
 from pipeline.loop import plan_passes
 from pipeline.memory import free_cache, is_out_of_memory, out_of_memory_message
 from pipeline.presets import Preset
@@ -168,6 +170,51 @@ def gr_error(exc: Exception, labels: dict[str, str] | None = None, memory: str |
     return gr.Error(str(exc), title="Invalid input" if isinstance(exc, ValueError) else "Generation failed")
 
 
+# What-if caches (pipeline.whatif.RunCache): each run may keep up to WHATIF_RUN_BYTES of its predictions (30 steps
+# x 4 seeds of CFG at 1024 px in fp16 take 91 MiB, so all of them; beyond it every k-th step), and the server keeps
+# at most WHATIF_TOTAL_BYTES across sessions, dropping the oldest runs' caches first: a crowd of sessions cannot
+# fill the (GPU) memory with what-ifs.
+WHATIF_RUN_BYTES = 128 * 2**20
+WHATIF_TOTAL_BYTES = int(os.environ.get("CFG_EXPLORER_WHATIF_MEMORY_MB", "1024")) * 2**20
+
+
+class WhatIfStore:
+    """The what-if caches of every session, within one total: the newest are kept, the oldest dropped.
+
+    It holds them weakly: a session that runs again or ends lets its old cache go as usual."""
+
+    def __init__(self, total_bytes: int = WHATIF_TOTAL_BYTES, run_bytes: int = WHATIF_RUN_BYTES) -> None:
+        self.total_bytes, self.run_bytes = total_bytes, min(run_bytes, total_bytes)
+        self._caches: list[tuple[weakref.ref, int]] = []  # oldest first, with the bytes each may hold
+        self._lock = threading.Lock()
+
+    def new(self, pipe, request: GenerationRequest) -> RunCache | None:
+        """A cache for this run, admitted; None where one step alone is over the per-run budget."""
+        try:
+            cache = RunCache(pipe, request, self.run_bytes)
+        except ValueError:
+            logger.info("what-if: one step of this run is over %d bytes; not cached", self.run_bytes)
+            return None
+        return self.admit(cache)
+
+    def admit(self, cache: RunCache) -> RunCache:
+        with self._lock:
+            self._caches = [(ref, size) for ref, size in self._caches if ref() is not None]
+            self._caches.append((weakref.ref(cache), cache.planned_bytes))
+            while sum(size for _, size in self._caches) > self.total_bytes and len(self._caches) > 1:
+                ref, _ = self._caches.pop(0)
+                old = ref()
+                if old is not None:
+                    old.drop()
+        return cache
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the admitted caches hold now."""
+        with self._lock:
+            return sum(cache.nbytes for ref, _ in self._caches if (cache := ref()) is not None)
+
+
 class Handlers:
     """The loaded models, presets and output folder, shared by every tab; one instance serves every session."""
 
@@ -179,3 +226,4 @@ class Handlers:
         default = storage.outputs_dir if storage else Path(tempfile.gettempdir()) / "cfg-explorer-outputs"
         self.output_dir = Path(output_dir or default)
         self.jobs = Jobs()  # generations and sweeps, for their Stop buttons
+        self.whatif = WhatIfStore()  # each run's predictions, for the what-if panel and forks

@@ -21,7 +21,12 @@ CSS = """
   /* Gradio's container hides overflow, which makes it the sticky column's scroll box and so disables
      stickiness; clip (horizontally only) does not. */
   .gradio-container { overflow: visible !important; overflow-x: clip !important; }
-  #results { position: sticky; top: 0; align-self: flex-start; max-height: 100vh; overflow-y: auto; }
+  /* nowrap: Gradio's columns wrap, and a wrapping column capped at the window's height lays what does not fit
+     out as a second column to its right, off screen, instead of scrolling to it. */
+  /* The column can stick only while the row holding it lasts, and below the row come ~90 px of page (Gradio's
+     footer): a column as tall as the window would be pushed up by that much at the bottom of the page. */
+  #results { position: sticky; top: 0; align-self: flex-start; max-height: calc(100vh - 100px); overflow-y: auto;
+             flex-wrap: nowrap; }
   #results > * { flex-shrink: 0; }  /* scroll within the column rather than squeeze the plot to nothing */
 }
 #run-buttons { flex-wrap: nowrap; }
@@ -31,8 +36,11 @@ CSS = """
 /* Thumbnails sized by the column, not by how many images there are: two seeds stay within the gallery's height. */
 #images .grid-container { grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)); }
 #decomposition .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)); }
+/* What-if: each seed's x̂₀ beside its difference image, two seeds to a row (one on a phone). */
+#whatif .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)); }
 @media (max-width: 640px) {
   #images .grid-container, #decomposition .grid-container { grid-template-columns: repeat(auto-fill, minmax(130px, 1fr)); }
+  #whatif .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)); }
 }
 /* The final PNGs are for downloading: a plain box, not the dashed drop zone of an upload. */
 #downloads, #downloads * { border-style: solid !important; }

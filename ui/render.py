@@ -291,3 +291,43 @@ TOY_INVERSION = (
     "does, has a smooth ODE between its training images, and there the round trip improves with steps."
 )
 
+
+
+def whatif_summary(alt, seeds: tuple[int, ...], recorded_scale: float, recorded_mode: str) -> str:
+    """What the what-if changes at its step, per seed: the guidance update's size ‖ε̂ − ε_c‖ at the run's settings
+    and at the what-if's, and how far the clean-image estimate x̂₀ moved."""
+    rows = ["| seed | ‖ε̂ − ε_c‖ run | ‖ε̂ − ε_c‖ what-if | ‖Δx̂₀‖ |", "|---|---|---|---|"]
+    for k, seed in enumerate(seeds):
+        old = "–" if alt.recorded_update_norm is None else f"{float(alt.recorded_update_norm[k]):.3f}"
+        new = "–" if alt.update_norm is None else f"{float(alt.update_norm[k]):.3f}"
+        rows.append(f"| {seed} | {old} | {new} | {float(alt.difference_norm[k]):.3f} |")
+    head = (f"**Step {alt.step}: {mode_label(alt.mode)}, scale {alt.scale:g}** (the run used {mode_label(recorded_mode)}, "
+            f"{recorded_scale:g}). No UNet call: the step's cached predictions, recombined.")
+    return "\n".join([head, "", *rows])
+
+
+def whatif_hint(kept: int, total: int, stride: int) -> str:
+    every = "every step" if stride == 1 else f"every {stride}th step ({kept} of {total}: the memory budget)"
+    return (f"This run's predictions are kept for {every}. Move **What-if scale** or **What-if mode** to see the "
+            "step shown by **Revisit step** re-guided; **Continue from this step** runs only the steps after it.")
+
+
+def forking(name: str, step: int, total: int) -> str:
+    return f"**Continuing from step {step}/{total}:** {name}. Steps 1 to {step} are not recomputed."
+
+
+def showing_branch(name: str) -> str:
+    return f"**Showing branch:** {name}. The step slider, what-if and forks now follow it."
+
+
+def fork_path_note(request) -> str:
+    """A restored fork's PNG: what its path changed, and that Generate replays it."""
+    from pipeline.whatif import branch_name
+
+    names = [branch_name(request.settings_at(p.step - 1), request.settings_at(p.step), p.step) for p in request.forks]
+    return (f"**This PNG is a fork:** {' ▸ '.join(names)}. Generate replays its whole path (the controls hold the "
+            "settings before the first fork); forget the path to run the controls alone.")
+
+
+def nothing_to_continue() -> str:
+    return "**Nothing to continue:** Generate a run first; then pick a step with Revisit step and continue from it."

@@ -19,7 +19,8 @@ import torch
 from PIL import Image, ImageChops
 from torch import Tensor
 
-from pipeline import GenerationRequest, generate
+from pipeline import GenerationRequest, RunCache, generate
+from pipeline.loop import StepEvent
 from pipeline.previews import PreviewDecoder
 
 HISTORY_MAX_FRAMES = 480  # images kept for the step slider: ~15 kB each at 256 px, so a few MB per run
@@ -39,10 +40,11 @@ class Frame:
     images: list[Image.Image] | None = None  # full-size, on the final frame only
     decomposition: list[Image.Image | None] | None = None  # unconditional, conditional, guided, difference
     unet_chunks: int = 1  # UNet calls the step took: more than 1 where its batch did not fit in memory at once
+    start: int = 0  # the step the run started after: a fork from step k runs k+1..N
 
     @property
     def steps_per_second(self) -> float:
-        return self.step / self.elapsed if self.elapsed > 0 else math.inf
+        return (self.step - self.start) / self.elapsed if self.elapsed > 0 else math.inf
 
 
 @dataclass
@@ -58,6 +60,8 @@ class History:
     frames: dict[int, list[bytes]] = field(default_factory=dict)
     norms: dict[int, list[float]] = field(default_factory=dict)  # per step: ||eps_c - eps_u|| per seed
     decompositions: dict[int, list[bytes | None]] = field(default_factory=dict)
+    whatif: RunCache | None = None  # the run's predictions by step, for the what-if panel and forks (ui/whatif.py)
+    name: str = "the run"  # the branch this is: the run itself, or a fork's path ("s 7.5 → 3 from step 12")
 
     @classmethod
     def for_run(cls, steps: int, seeds: tuple[int, ...], preview_every: int, decompose_seed: int | None = None,
@@ -110,11 +114,20 @@ class Run:
         decoder: PreviewDecoder,
         preview_every: int = 1,
         source: Callable[[object], Tensor] = lambda event: event.pred_x0,
+        cache: RunCache | None = None,
+        events: Callable[[], Iterator[StepEvent]] | None = None,
+        history: History | None = None,
+        start: int = 0,
     ) -> None:
+        """`cache`: record the run's predictions into it (for what-ifs and forks), kept in `history.whatif`.
+        `events`, `history` and `start`: a fork's own steps (after `start`), continuing a history that already
+        holds the steps before it; by default the run is `generate(pipe, request)` from the start."""
         self.pipe, self.request, self.decoder = pipe, request, decoder
-        self.preview_every, self.source = max(1, preview_every), source
-        self.history = History.for_run(request.steps, request.seeds, self.preview_every, request.decompose_seed,
-                                       request.mode)
+        self.preview_every, self.source, self.first_step = max(1, preview_every), source, start
+        self.history = history or History.for_run(request.steps, request.seeds, self.preview_every,
+                                                  request.decompose_seed, request.mode)
+        self.history.whatif = cache
+        self._events = events or (lambda: generate(pipe, request, record=cache is not None))
         self._cond = threading.Condition()
         self._latest: Frame | None = None
         self._version = 0
@@ -147,9 +160,12 @@ class Run:
         start = time.perf_counter()
         previewed = 0
         try:
-            for event in generate(self.pipe, self.request):
+            cache = self.history.whatif
+            for event in self._events():
                 if self._stop.is_set():
                     break
+                if cache is not None:
+                    cache.add(event)
                 previews = decomposition = None
                 if event.step % self.preview_every == 0 or event.is_final:
                     previews = self.decoder(self.source(event))
@@ -161,7 +177,7 @@ class Run:
                     self.history.norms[event.step] = norms
                 images = list(event.images) if event.images is not None else None
                 self._publish(Frame(event.step, event.total, time.perf_counter() - start, previews, norms, images,
-                                    decomposition, event.unet_chunks))
+                                    decomposition, event.unet_chunks, self.first_step))
         except BaseException as exc:  # handed to the reader, who re-raises it: never a blank image
             self._error = exc
         finally:

@@ -1,0 +1,208 @@
+"""The Explore page's what-if panel (issue 10): re-guide the revisited step instantly, and fork the run from it.
+
+Every run records its predictions into a `pipeline.whatif.RunCache` (kept in the session's `History`, within the
+server-wide `WhatIfStore`). The what-if slider recombines the revisited step's cached predictions at another scale
+or mode: no UNet call and no queue job, so it answers as the slider moves. "Continue from this step" forks the run
+(a queued run of the remaining steps, streamed like Generate) and adds a branch; "Branches" returns to any branch,
+whose history the step slider, the what-if and further forks then use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Iterator
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from pipeline import fork, whatif
+from pipeline.guidance import GUIDANCE_MODES
+from pipeline.request import GUIDANCE_SCALE_RANGE, RequestError
+
+from . import render
+from .controls import read
+from .fields import FieldDropdown, FieldRadio, FieldSlider
+from .handlers import gr_error
+from .streaming import History, Run
+
+if TYPE_CHECKING:
+    from .explore_tab import Explore
+
+NOTHING = "Generate a run first: the what-if panel recombines its cached predictions."
+LABELS = {"guidance_scale": "What-if scale", "mode": "What-if mode", "step": "Revisit step"}
+SHOW_RUN = "() => { document.querySelector('#run-buttons')?.scrollIntoView({block: 'start', behavior: 'smooth'}); }"
+BRANCH_SEPARATOR = " ▸ "  # a fork of a fork is named by its whole path
+
+
+def _error(exc: Exception) -> gr.Error:
+    return gr_error(exc, LABELS)
+
+
+MAX_GAIN = 16
+
+
+def difference_image(new: Image.Image, old: Image.Image, seed: int) -> tuple[Image.Image, str]:
+    """what-if minus run, mid-grey where they agree, amplified by a power of two (at most 16, said in the caption)
+    so that the largest difference nearly spans the range: a small change of scale is still seen."""
+    a, b = (np.asarray(image.convert("RGB"), dtype=np.int16) for image in (new, old))
+    largest = int(np.abs(a - b).max())
+    gain = 1
+    while largest and gain < MAX_GAIN and largest * gain * 2 <= 127:
+        gain *= 2
+    image = Image.fromarray(np.clip(128 + (a - b) * gain, 0, 255).astype(np.uint8))
+    return image, f"seed {seed} · Δ" + (f" ×{gain}" if gain > 1 else "")
+
+
+class WhatIfPanel:
+    """The panel's behaviour, over the Explore tab's (its pipeline, decoders, run streaming and PNGs)."""
+
+    def __init__(self, explore: Explore) -> None:
+        self.explore = explore
+
+    @staticmethod
+    def _step(history: History, step: float) -> int:
+        """The cached step nearest to the revisited one (every step is kept unless the run is over the budget)."""
+        cache = history.whatif
+        if cache.dropped:
+            raise RequestError("step", "this run's cached predictions were dropped to make room for newer runs "
+                                       "(the server keeps a bounded amount for all sessions): Generate it again")
+        if not cache.steps:
+            raise RequestError("step", "this run kept no step (it stopped before its first step, or had none)")
+        return min(cache.steps, key=lambda s: (abs(s - step), s))
+
+    def refresh(self, history: History | None):
+        """After a run: the panel shows (where the run was cached), starts at the run's own scale and mode, and
+        its branches start with the run alone. Outputs: group, scale, mode, branches, branch list, gallery, summary."""
+        cache = None if history is None else history.whatif
+        if cache is None or not cache.steps:
+            return (gr.update(visible=False), gr.skip(), gr.skip(), [], gr.update(choices=[], value=None), [],
+                    NOTHING)
+        last = cache.entry(cache.steps[-1])
+        # The modes of the step that computed the most predictions (outside a guidance interval a step has one).
+        modes = cache.modes_at(max(cache.steps, key=lambda s: (len(cache.entry(s).predictions), s)))
+        choices = [(render.mode_label(name), name) for name in GUIDANCE_MODES if name in modes]
+        return (gr.update(visible=True), last.settings.guidance_scale, gr.update(choices=choices, value=last.settings.mode),
+                [history], gr.update(choices=[history.name], value=history.name), [],
+                render.whatif_hint(len(cache.steps), history.total, cache.stride))
+
+    def preview(self, history: History | None, step: float, scale: float, mode: str, decoder: str):
+        """The revisited step's x̂₀ for every seed at the what-if scale and mode, each beside its difference from
+        the recorded one, and a table of what changed. Outputs: gallery, summary."""
+        if history is None or history.whatif is None:
+            return [], NOTHING
+        try:
+            scale, mode = read("guidance_scale", scale), read("mode", mode)
+            step = self._step(history, step)
+            alt = whatif(history.whatif, step, scale, mode)
+            decode = self.explore.decoder(read("preview", decoder or "linear"))
+        except ValueError as exc:
+            raise _error(exc) from exc
+        recorded = history.whatif.entry(step)
+        new, old = decode(alt.pred_x0), decode(recorded.pred_x0)
+        gallery = []
+        for seed, a, b in zip(history.seeds, new, old):
+            gallery.append((a, f"seed {seed} · s {alt.scale:g} · step {step}"))
+            gallery.append(difference_image(a, b, seed))
+        return gallery, render.whatif_summary(alt, history.seeds, recorded.scale, recorded.settings.mode)
+
+    def fork(self, history: History | None, step: float, scale: float, mode: str, decoder: str, every: float,
+             source: str, request: gr.Request = None) -> Iterator[tuple]:
+        """Continue the run from the revisited step with the what-if settings: steps k+1..N, streamed like
+        Generate (the same outputs). Its history holds the run's previews up to k, then the fork's own."""
+        try:
+            scale, mode = read("guidance_scale", scale), read("mode", mode)
+            every, source = read("preview_every", every), read("preview_source", source)
+            decode = self.explore.decoder(read("preview", decoder or "linear"))
+        except ValueError as exc:
+            raise _error(exc) from exc
+        if history is None or history.whatif is None:  # as Stop with nothing running: said, not an error
+            yield self.explore._out(status=render.nothing_to_continue())
+            return
+        parent = history.whatif
+        try:
+            step = self._step(history, step)
+            if step >= history.total:
+                raise RequestError("step", f"continue from a step before the last: 1 to {history.total - 1}, "
+                                           f"got {step}")
+            new = dataclasses.replace(parent.settings_at(step), guidance_scale=scale, mode=mode)
+            child = self.explore.handlers.whatif.admit(parent.branch(step, new))
+        except ValueError as exc:
+            raise _error(exc) from exc
+        name = child.name if not parent.request.forks else f"{history.name}{BRANCH_SEPARATOR}{child.name}"
+        forked = History(
+            every=history.every, total=history.total, seeds=history.seeds, decompose_seed=history.decompose_seed,
+            mode=child.request.settings_at(step).mode, name=name,
+            frames={s: f for s, f in history.frames.items() if s <= step},
+            norms={s: n for s, n in history.norms.items() if s <= step},
+            decompositions={s: d for s, d in history.decompositions.items() if s <= step},
+        )
+        run = Run(self.explore.pipe, child.request, decode, every, source=lambda event: getattr(event, source),
+                  cache=child, events=lambda: fork(self.explore.pipe, parent, step, new), history=forked, start=step)
+        with self.explore.jobs.running(request, run.stop) as run_id:
+            yield from self.explore.stream(run, run_id, intro=render.forking(name, step, history.total))
+
+    def add_branch(self, history: History | None, branches: list[History] | None):
+        """After a fork: a finished one joins the branches (replacing one of the same path). Outputs: branches,
+        branch list."""
+        branches = list(branches or [])
+        if history is None or not history.finals or any(b is history for b in branches):
+            return gr.skip(), gr.skip()
+        branches = [b for b in branches if b.name != history.name] + [history]
+        return branches, gr.update(choices=[b.name for b in branches], value=history.name)
+
+    def show_branch(self, branches: list[History] | None, name: str):
+        """Return to a branch: its final images and PNGs, and its history for the step slider, what-if and forks.
+        Outputs: gallery, history, downloads, step slider, status, Final images button."""
+        branch = next((b for b in branches or [] if b.name == name), None)
+        if branch is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        gallery = [(path, render.caption(seed)) for path, seed in zip(branch.finals, branch.seeds)]
+        slider = gr.update(value=branch.total) if len(branch.frames) > 1 else gr.skip()
+        return (gallery, branch, branch.finals or None, slider, render.showing_branch(branch.name),
+                gr.update(visible=False))
+
+
+def build_whatif(explore: Explore) -> dict[str, Any]:
+    """The panel's components, placed where it is called (hidden until a run has been cached)."""
+    ui: dict[str, Any] = {}
+    with gr.Accordion("What-if at the revisited step: re-guide it instantly, or continue from it", open=False,
+                      visible=False, elem_id="whatif-panel") as ui["group"]:
+        with gr.Row():
+            ui["scale"] = FieldSlider(*GUIDANCE_SCALE_RANGE, value=7.5, step=0.5, label="What-if scale", scale=3,
+                                      elem_id="whatif-scale",
+                                      info="Recombines the step's cached predictions: no UNet call, no queue.")
+            ui["mode"] = FieldDropdown(render.MODE_CHOICES, value="cfg", label="What-if mode", scale=2, min_width=160,
+                                       info="Modes this run's predictions allow.")
+        ui["gallery"] = gr.Gallery(label="What-if x̂₀ at this step, each beside Δ: its difference from the run's "
+                                         "(mid-grey: none)", columns=4, format="jpeg", object_fit="contain", height=200, elem_id="whatif")
+        ui["summary"] = gr.Markdown(NOTHING, elem_id="whatif-summary")
+        with gr.Row(equal_height=False):
+            ui["fork"] = gr.Button("Continue from this step", scale=1, min_width=160, elem_id="whatif-fork")
+            ui["branches"] = FieldRadio([], label="Branches", scale=2, min_width=200, elem_id="whatif-branches",
+                                        info="The run and its forks: pick one to return to it.")
+    ui["branch_list"] = gr.State([])
+    return ui
+
+
+def wire_whatif(explore: Explore, panel: WhatIfPanel, ui: dict, c: dict, out: dict, generate, outputs: list) -> None:
+    """The panel's events. `generate`: Generate's run event, after which the panel starts afresh; `outputs`:
+    Generate's outputs, which a fork streams into."""
+    refresh = [ui["group"], ui["scale"], ui["mode"], ui["branch_list"], ui["branches"], ui["gallery"], ui["summary"]]
+    generate.then(panel.refresh, inputs=out["history"], outputs=refresh, api_visibility="private", queue=False,
+                  show_progress="hidden")
+    inputs = [out["history"], out["step_slider"], ui["scale"], ui["mode"], c["preview"]]
+    # No queue: the recombination is cheap and calls no UNet, so the slider answers as it moves.
+    for event, name in ((ui["scale"].change, "whatif"), (ui["mode"].change, "whatif_mode"),
+                        (out["step_slider"].input, "whatif_at_step")):  # input: the arrow keys move it too
+        event(panel.preview, inputs=inputs, outputs=[ui["gallery"], ui["summary"]], api_name=name, queue=False,
+              show_progress="hidden", trigger_mode="always_last")
+    # A fork is a run: bring its status and images into view, where runs are watched (the panel sits below them).
+    ui["fork"].click(None, js=SHOW_RUN, api_visibility="private", queue=False, show_progress="hidden")
+    forked = ui["fork"].click(panel.fork, inputs=[*inputs, c["preview_every"], c["preview_source"]], outputs=outputs,
+                              api_name="fork", concurrency_id="gpu")
+    forked.then(panel.add_branch, inputs=[out["history"], ui["branch_list"]], outputs=[ui["branch_list"], ui["branches"]],
+                api_visibility="private", queue=False, show_progress="hidden")
+    ui["branches"].input(panel.show_branch, inputs=[ui["branch_list"], ui["branches"]],
+                         outputs=[out["gallery"], out["history"], out["downloads"], out["step_slider"], out["status"],
+                                  out["final_btn"]], api_name="show_branch", show_progress="hidden")
