@@ -239,3 +239,26 @@ def test_a_run_with_a_single_preview_frame_delivers_its_images(client, tmp_path,
     assert "Done" in final[1] and shown in final[1], final[1]
     assert len(final[4]) == 2 and all(item["path"].endswith(".png") for item in final[4])
     assert final[2]["visible"] is False  # one frame: nothing to revisit, so no step slider
+
+
+def test_whatif_and_fork_over_the_api_keep_to_the_clients_session(client):
+    """An API client's session holds its run's cache: /whatif answers from it, /fork continues it."""
+    run(client, steps=4, num_seeds=1, seed=3)
+    gallery, summary = client.predict(step=2, scale=3.0, mode="cfg", decoder="linear", api_name="/whatif")
+    assert len(gallery) == 2 and captions(gallery)[0] == "seed 3 · s 3 · step 2"
+    assert captions(gallery)[1].startswith("seed 3 · Δ")
+    assert "Step 2: Standard CFG, scale 3" in summary
+    forked = list(client.submit(step=2, scale=3.0, mode="cfg", decoder="linear", every=1, source="pred_x0",
+                                api_name="/fork"))
+    assert "Continuing from step 2/4" in forked[0][1] and forked[-1][1].startswith("**Done: step 4/4**")
+    request, seed = read_settings(forked[-1][4][0]["path"])
+    assert seed == 3 and [p.to_dict() for p in request.forks] == [{"step": 2, "changes": {"guidance_scale": 3.0}}]
+
+
+def test_fork_without_a_run_says_so(server):
+    from gradio_client import Client
+
+    fresh = Client(server[0], download_files=False, verbose=False)  # a session that has run nothing
+    outputs = list(fresh.submit(step=2, scale=3.0, mode="cfg", decoder="linear", every=1, source="pred_x0",
+                                api_name="/fork"))
+    assert "Nothing to continue" in outputs[-1][1]

@@ -1,0 +1,72 @@
+"""The what-if panel in Chromium (issue 10), on the toy world: moving the what-if scale slider changes the shown x̂₀
+with no new queue job; "Continue from this step" streams a fork, which joins the branches; the run is one pick
+away. Screenshots (desktop and phone) go to `screenshots/` (git-ignored):
+
+    python -m pytest tests/browser/test_whatif_browser.py -q -s
+"""
+
+from __future__ import annotations
+
+from tests.browser import test_browser
+from tests.browser.test_browser import configure, set_slider, screenshot, set_text, wait_for_captions, wait_for_text
+from tests.browser.test_toy_browser import toy_page  # noqa: F401 (the fixture: the app on the toy world)
+
+pytestmark = test_browser.pytestmark
+PANEL = "What-if at the revisited step"
+
+
+def _whatif_sources(page) -> list[str]:
+    return page.locator("#whatif img").evaluate_all("imgs => imgs.map(i => i.src)")
+
+
+def _column_fits(page) -> None:
+    """Both columns sit side by side inside the window: the results column is neither pushed out nor squeezed."""
+    left, right = (page.locator(sel).bounding_box() for sel in ("#controls", "#results"))
+    width = page.viewport_size["width"]
+    assert right["x"] >= left["x"] + left["width"] - 1 and right["x"] + right["width"] <= width, (left, right)
+    assert right["width"] >= 0.35 * width, right
+
+
+def test_the_whatif_slider_rerenders_without_a_queue_job_and_a_fork_becomes_a_branch(toy_page):  # noqa: F811
+    page = toy_page
+    set_text(page, "Prompt", "a red circle")
+    configure(page, steps=8, seeds=2)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    wait_for_text(page, "#status", r"Done: step 8/8")
+
+    page.locator(".label-wrap").filter(has_text=PANEL).click()
+    set_slider(page, "Revisit step", 4)  # its own preview (a queued job) and the what-if at the run's scale
+    wait_for_text(page, "#whatif-summary", r"Step 4: Standard CFG, scale 7.5 \(the run used Standard CFG, 7.5\)")
+    page.wait_for_function("() => document.querySelectorAll('#whatif img').length === 4")
+    _column_fits(page)
+
+    queued: list[str] = []
+    page.on("request", lambda r: queued.append(r.url) if "queue/join" in r.url else None)
+    before = _whatif_sources(page)
+    set_slider(page, "What-if scale", 1)
+    wait_for_text(page, "#whatif-summary", r"Step 4: Standard CFG, scale 1 \(the run used")
+    page.wait_for_function("(old) => { const now = [...document.querySelectorAll('#whatif img')].map(i => i.src);"
+                           " return now.length === 4 && now.join() !== old.join(); }", arg=before)
+    assert queued == []  # the recombination ran outside the queue: no job, no UNet
+    screenshot(page, "whatif-1-slider.png")
+
+    page.get_by_role("button", name="Continue from this step", exact=True).click()
+    wait_for_text(page, "#status", r"Continuing from step 4/8")
+    wait_for_text(page, "#status", r"Done: step 8/8")
+    branches = test_browser.block(page, "Branches")
+    branches.get_by_label("s 7.5 → 1 from step 4", exact=True).wait_for()
+    assert branches.get_by_label("s 7.5 → 1 from step 4", exact=True).is_checked()
+    assert any("queue/join" in url for url in queued)  # the fork is a real, queued run
+    wait_for_captions(page, ["seed 1", "seed 2"])  # the fork's final images
+    forked = page.locator("#images img").evaluate_all("imgs => imgs.map(i => i.src)")
+    _column_fits(page)
+    screenshot(page, "whatif-2-fork.png")
+
+    branches.get_by_label("the run", exact=True).check()
+    wait_for_text(page, "#status", r"Showing branch: the run")
+    page.wait_for_function("(old) => [...document.querySelectorAll('#images img')].map(i => i.src).join() !== old.join()",
+                           arg=forked)
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    screenshot(page, "whatif-3-phone.png")
+    page.set_viewport_size({"width": 1440, "height": 900})

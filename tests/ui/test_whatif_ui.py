@@ -1,0 +1,169 @@
+"""The Explore page's what-if panel (issue 10), called directly: the what-if at the run's own settings shows the
+recorded step, another scale changes it, a fork streams like a run and joins the branches, a fork's PNG replays
+its path, and the server-wide store drops the oldest caches first."""
+
+import dataclasses
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import GenerationRequest, generate
+from pipeline.metadata import read_settings
+from pipeline.presets import load_presets
+from ui import Handlers
+from ui.controls import CONTROL_NAMES
+from ui.explore_tab import GENERATE_OUTPUTS, Explore
+from ui.handlers import WhatIfStore
+from ui.whatif import WhatIfPanel, difference_image
+
+from .test_explore import page_values
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def explore(tiny_pipe):
+    return Explore(Handlers(tiny_pipe, model_name="tiny", presets=load_presets()), default_size=64)
+
+
+@pytest.fixture(scope="module")
+def panel(explore):
+    return WhatIfPanel(explore)
+
+
+def run(explore, fork_path=None, **changes):
+    """Generate on the page's values: the last update, by output name."""
+    values = page_values(steps=STEPS, preview="linear", **changes)
+    updates = list(explore.generate(*(values[name] for name in CONTROL_NAMES), fork_path=fork_path))
+    return dict(zip(GENERATE_OUTPUTS, updates[-1]))
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else Image.open(image).convert("RGB"),
+                      dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def finished(explore):
+    return run(explore)["history"]
+
+
+def test_after_a_run_the_panel_shows_at_the_runs_scale_with_the_modes_its_predictions_allow(panel, finished):
+    group, scale, mode, branch_list, branches, gallery, summary = panel.refresh(finished)
+    assert group["visible"] is True and scale == 7.5 and mode["value"] == "cfg"
+    allowed = [value for _, value in mode["choices"]]
+    assert {"cfg", "reversed", "cond_only", "uncond_only"} <= set(allowed)
+    assert "negative_direction" not in allowed  # a CFG run computed no negative prompt's prediction
+    assert branch_list == [finished] and branches["choices"] == ["the run"]
+    assert "every step" in summary
+
+
+def test_the_whatif_at_the_runs_own_scale_is_the_recorded_step_and_another_scale_differs(panel, finished):
+    same, summary = panel.preview(finished, 3, 7.5, "cfg", "linear")
+    assert len(same) == 4  # per seed: the what-if x̂₀, then its difference from the run's
+    assert [caption for _, caption in same] == ["seed 1 · s 7.5 · step 3", "seed 1 · Δ",
+                                                "seed 2 · s 7.5 · step 3", "seed 2 · Δ"]
+    recorded = finished.whatif.entry(3).pred_x0
+    decoded = panel.explore.decoder("linear")(recorded)
+    assert np.abs(pixels(same[0][0]) - pixels(decoded[0])).max() == 0
+    assert np.abs(pixels(same[1][0]) - 128).max() <= 1  # mid-grey: no difference
+    assert "| 1 |" in summary and summary.count("0.000") >= 2  # ‖Δx̂₀‖ is 0 for both seeds
+
+    other, summary = panel.preview(finished, 3, 2.0, "cfg", "linear")
+    assert np.abs(pixels(other[0][0]) - pixels(decoded[0])).max() > 0
+    assert "scale 2** (the run used" in summary and ", 7.5)" in summary
+
+
+def test_the_difference_image_is_amplified_by_a_stated_power_of_two():
+    old = Image.new("RGB", (4, 4), (100, 100, 100))
+    new = Image.new("RGB", (4, 4), (103, 97, 100))  # +3, -3, 0
+    image, caption = difference_image(new, old, 5)
+    assert caption == "seed 5 · Δ ×16" and image.getpixel((0, 0)) == (128 + 48, 128 - 48, 128)
+    image, caption = difference_image(Image.new("RGB", (4, 4), (170, 60, 100)), old, 5)  # +70: x2 would clip
+    assert caption == "seed 5 · Δ" and image.getpixel((0, 0)) == (198, 88, 128)
+    assert difference_image(old, old, 5)[1] == "seed 5 · Δ"  # nothing to amplify
+
+
+def test_whatif_errors_name_the_panels_controls(panel, finished):
+    with pytest.raises(gr.Error, match=r"What-if scale: must be"):
+        panel.preview(finished, 3, 99.0, "cfg", "linear")
+    with pytest.raises(gr.Error, match=r"What-if mode: mode 'negative_direction'"):
+        panel.preview(finished, 3, 5.0, "negative_direction", "linear")
+    with pytest.raises(gr.Error, match=r"Revisit step: continue from a step before the last: 1 to 5"):
+        list(panel.fork(finished, STEPS, 3.0, "cfg", "linear", 1, "pred_x0"))
+
+
+def test_a_fork_streams_like_a_run_and_equals_the_piecewise_run(explore, panel, finished, tiny_pipe):
+    updates = [dict(zip(GENERATE_OUTPUTS, u)) for u in panel.fork(finished, 3, 2.0, "cfg", "linear", 1, "pred_x0")]
+    assert "Continuing from step 3/6" in updates[0]["status"] and "s 7.5 → 2 from step 3" in updates[0]["status"]
+    last = updates[-1]
+    assert last["status"].startswith("**Done: step 6/6**")
+    forked = last["history"]
+    assert forked.name == "s 7.5 → 2 from step 3" and forked.total == STEPS
+    assert sorted(forked.frames) == list(range(1, STEPS + 1))  # the run's previews up to 3, the fork's after
+    assert forked.frames[2] == finished.frames[2] and forked.frames[5] != finished.frames[5]
+    # The fork's PNG records its path, and one run of that piecewise request gives the same image.
+    request, seed = read_settings(last["downloads"][0])
+    assert seed == 1 and [p.to_dict() for p in request.forks] == [{"step": 3, "changes": {"guidance_scale": 2.0}}]
+    replay = list(generate(tiny_pipe, dataclasses.replace(request, seeds=(1, 2))))[-1].images
+    assert np.abs(pixels(replay[0]) - pixels(last["downloads"][0])).max() <= 1
+
+    branch_list, branches = panel.add_branch(forked, [finished])
+    assert branches["choices"] == ["the run", "s 7.5 → 2 from step 3"]
+    # A fork of the fork is named by its whole path.
+    grand = dict(zip(GENERATE_OUTPUTS, list(panel.fork(forked, 4, 2.0, "reversed", "linear", 1, "pred_x0"))[-1]))
+    assert grand["history"].name == "s 7.5 → 2 from step 3 ▸ mode cfg → reversed from step 4"
+    request, _ = read_settings(grand["downloads"][0])
+    assert [p.step for p in request.forks] == [3, 4]
+
+    # Returning to the run shows its own PNGs and history again.
+    gallery, history, downloads, slider, status, final_btn = panel.show_branch(branch_list, "the run")
+    assert history is finished and downloads == finished.finals and "the run" in status
+    assert [caption for _, caption in gallery] == ["seed 1", "seed 2"]
+
+
+def test_a_restored_fork_png_replays_its_path(explore, panel, finished):
+    last = dict(zip(GENERATE_OUTPUTS, list(panel.fork(finished, 2, 12.0, "cfg", "linear", 1, "pred_x0"))[-1]))
+    png = last["downloads"][1]
+    path, note, forget = explore.fork_path_of_png(png)
+    assert path == [{"step": 2, "changes": {"guidance_scale": 12.0}}] and forget["visible"] is True
+    assert "s 7.5 → 12 from step 2" in note
+    controls = dict(zip(CONTROL_NAMES, explore.restore_from_png(png, page_values())))
+    replayed = run(explore, fork_path=path, **{k: controls[k] for k in ("seed", "num_seeds", "guidance_scale")})
+    assert np.abs(pixels(replayed["downloads"][1]) - pixels(png)).max() <= 1
+    plain = run(explore, **{k: controls[k] for k in ("seed", "num_seeds", "guidance_scale")})
+    assert np.abs(pixels(plain["downloads"][1]) - pixels(png)).max() > 1  # without the path, another image
+    # A path that the controls no longer allow is refused, naming it.
+    with pytest.raises(gr.Error, match=r"Fork path \(from the restored PNG\): fork steps must increase"):
+        explore.check_run(*(page_values(steps=2)[name] for name in CONTROL_NAMES), fork_path=path)
+    assert explore.fork_path_of_png(finished.finals[0])[0] is None  # a PNG of a plain run has no path
+
+
+def test_the_store_drops_the_oldest_caches_beyond_its_total(tiny_pipe):
+    request = GenerationRequest(prompt="an otter", steps=4, seeds=(1,), width=64, height=64)
+    store = WhatIfStore(total_bytes=1, run_bytes=1)  # placeholder: resized below from one cache's need
+    one = store.new(tiny_pipe, request)
+    assert one is None  # one step alone is over the per-run budget: not cached, and the run goes on
+    store = WhatIfStore(total_bytes=2**20, run_bytes=2**20)
+    first = store.new(tiny_pipe, request)
+    need = first.planned_bytes
+    store = WhatIfStore(total_bytes=2 * need, run_bytes=need)
+    caches = [store.new(tiny_pipe, request) for _ in range(3)]
+    for cache in caches:
+        for event in generate(tiny_pipe, request, record=True):
+            cache.add(event)
+    assert [c.dropped for c in caches] == [True, False, False]
+    assert store.nbytes <= 2 * need and caches[0].nbytes == 0
+    with pytest.raises(ValueError, match="dropped to make room"):
+        caches[0].entry(1)
+    del caches[1]  # a session that runs again lets its old cache go: it no longer counts
+    assert store.nbytes == caches[-1].nbytes
+
+
+def test_a_dropped_cache_says_to_generate_again(panel, explore):
+    history = run(explore)["history"]
+    history.whatif.drop()
+    with pytest.raises(gr.Error, match=r"Revisit step: this run's cached predictions were dropped"):
+        panel.preview(history, 3, 5.0, "cfg", "linear")
