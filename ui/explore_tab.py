@@ -400,6 +400,8 @@ class Explore:
         settings = settings_from_request(request)
         note, *groups = self.changes(before, settings)
         note = f"Restored the settings of {Path(path).name} (seed {seed}). {note}"
+        if request.forks:  # said here too, where the PNG was dropped; the path itself is kept by fork_path_of_png
+            note = f"{note}\n\n{render.fork_path_note(request)}"
         return (*self._updates(settings), note, *groups)
 
     def fork_path_of_png(self, path: str | None) -> tuple:

@@ -127,6 +127,8 @@ def starting(request) -> str:
 
         taken = request.steps - img2img_start(request.steps, request.strength)
         where = f" from the image: the last {taken} of {request.steps} steps, counted 1 to {taken}"
+    if request.forks:
+        where += f" along the restored fork path ({len(request.forks)} fork{'s' * (len(request.forks) > 1)})"
     return f"**Starting{where}...** encoding the prompts."
 
 

@@ -163,13 +163,18 @@ def open_page(browser, url: str, viewport: dict = DESKTOP):
     page.wait_for_function(
         "() => document.querySelectorAll('[data-testid=status-tracker]:not(.hide)').length === 0"
     )
-    # Keep every text the status line shows, short-lived ones too: some last a few milliseconds.
+    log_status(page)
+    return page
+
+
+def log_status(page) -> None:
+    """Keep every text the status line shows, short-lived ones too (some last a few milliseconds), in
+    `window.statusLog`: see `status_log` and `wait_for_status_log`."""
     page.evaluate(
-        """() => { window.statusLog = []; const el = document.querySelector('#status');
+        """() => { if (window.statusLog) return; window.statusLog = []; const el = document.querySelector('#status');
         new MutationObserver(() => window.statusLog.push([Math.round(performance.now()), el.innerText]))
             .observe(el, {subtree: true, childList: true, characterData: true}); }"""
     )
-    return page
 
 
 @pytest.fixture(scope="module")

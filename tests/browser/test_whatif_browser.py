@@ -8,7 +8,17 @@ away. Screenshots (desktop and phone) go to `screenshots/` (git-ignored):
 from __future__ import annotations
 
 from tests.browser import test_browser
-from tests.browser.test_browser import configure, set_slider, screenshot, set_text, wait_for_captions, wait_for_text
+from tests.browser.test_browser import (
+    configure,
+    log_status,
+    now_ms,
+    screenshot,
+    set_slider,
+    set_text,
+    wait_for_captions,
+    wait_for_status_log,
+    wait_for_text,
+)
 from tests.browser.test_toy_browser import toy_page  # noqa: F401 (the fixture: the app on the toy world)
 
 pytestmark = test_browser.pytestmark
@@ -70,3 +80,32 @@ def test_the_whatif_slider_rerenders_without_a_queue_job_and_a_fork_becomes_a_br
     page.set_viewport_size({"width": 390, "height": 844})
     screenshot(page, "whatif-3-phone.png")
     page.set_viewport_size({"width": 1440, "height": 900})
+
+
+def test_a_fork_png_dropped_on_the_page_keeps_its_path_for_generate(toy_page, tmp_path):  # noqa: F811
+    """The PNG's path is shown, Generate replays it (the fork's image), and Forget the fork path drops it."""
+    from PIL import Image
+
+    from pipeline import GenerationRequest
+    from pipeline.metadata import save_png
+
+    page = toy_page
+    request = GenerationRequest(prompt="a red circle", steps=8, seeds=(1, 2), width=64, height=64, guidance_scale=7.5,
+                                forks=({"step": 3, "changes": {"guidance_scale": 1.0}},))
+    png = save_png(Image.new("RGB", (64, 64)), tmp_path / "fork.png", request, seed=1)
+    page.locator(".label-wrap").filter(has_text="Links and saved settings").click()
+    page.locator("#group-links input[type=file]").set_input_files(str(png))
+    wait_for_text(page, "#fork-note", r"This PNG is a fork: s 7.5 → 1 from step 3\. Generate replays its whole path")
+    forget = page.get_by_role("button", name="Forget the fork path", exact=True)
+    assert forget.is_visible()
+    wait_for_text(page, "#changed-note", r"This PNG is a fork")  # said where it was dropped, too
+    page.locator("#fork-note").scroll_into_view_if_needed()
+    screenshot(page, "whatif-4-fork-png.png")
+    log_status(page)
+    since = now_ms(page)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    wait_for_status_log(page, r"Starting along the restored fork path \(1 fork\)", since)
+    wait_for_text(page, "#status", r"Done: step 8/8")
+    forget.click()
+    page.wait_for_function("() => !document.querySelector('#fork-note').innerText.trim()")
+    assert not forget.is_visible()

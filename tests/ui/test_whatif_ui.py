@@ -130,7 +130,9 @@ def test_a_restored_fork_png_replays_its_path(explore, panel, finished):
     path, note, forget = explore.fork_path_of_png(png)
     assert path == [{"step": 2, "changes": {"guidance_scale": 12.0}}] and forget["visible"] is True
     assert "s 7.5 → 12 from step 2" in note
-    controls = dict(zip(CONTROL_NAMES, explore.restore_from_png(png, page_values())))
+    restored = explore.restore_from_png(png, page_values())
+    controls = dict(zip(CONTROL_NAMES, restored))
+    assert "**This PNG is a fork:** s 7.5 → 12 from step 2" in restored[len(CONTROL_NAMES)]
     replayed = run(explore, fork_path=path, **{k: controls[k] for k in ("seed", "num_seeds", "guidance_scale")})
     assert np.abs(pixels(replayed["downloads"][1]) - pixels(png)).max() <= 1
     plain = run(explore, **{k: controls[k] for k in ("seed", "num_seeds", "guidance_scale")})
