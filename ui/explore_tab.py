@@ -628,7 +628,7 @@ def wire_explore(demo: gr.Blocks, explore: Explore, c: dict, out: dict, start_la
         explore.bound("generate"), inputs=run_inputs, outputs=[out[name] for name in GENERATE_OUTPUTS],
         api_name="generate", concurrency_id="gpu",
     )
-    wire_whatif(explore, WhatIfPanel(explore), out["whatif"], c, out, generated,
+    wire_whatif(explore, WhatIfPanel(explore), out["whatif"], c, out, check, generated,
                 [out[name] for name in GENERATE_OUTPUTS])
     check.failure(explore.explain_invalid, inputs=out["error_text"], outputs=[out["status"], out["invalid_style"], *groups],
                   js=READ_ERROR, api_visibility="private", queue=False, show_progress="hidden")

@@ -304,7 +304,8 @@ def whatif_summary(alt, seeds: tuple[int, ...], recorded_scale: float, recorded_
         new = "–" if alt.update_norm is None else f"{float(alt.update_norm[k]):.3f}"
         rows.append(f"| {seed} | {old} | {new} | {float(alt.difference_norm[k]):.3f} |")
     head = (f"**Step {alt.step}: {mode_label(alt.mode)}, scale {alt.scale:g}** (the run used {mode_label(recorded_mode)}, "
-            f"{recorded_scale:g}). No UNet call: the step's cached predictions, recombined.")
+            f"{recorded_scale:g}). No UNet call: the step's cached predictions, recombined. Each Δ image is mid-grey "
+            "where nothing changed, amplified by the factor its caption gives.")
     return "\n".join([head, "", *rows])
 
 

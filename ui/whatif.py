@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .explore_tab import Explore
 
 NOTHING = "Generate a run first: the what-if panel recombines its cached predictions."
+RUNNING = "A new run is under way: the panel turns to it when it ends."
 LABELS = {"guidance_scale": "What-if scale", "mode": "What-if mode", "step": "Revisit step"}
 SHOW_RUN = "() => { document.querySelector('#run-buttons')?.scrollIntoView({block: 'start', behavior: 'smooth'}); }"
 BRANCH_SEPARATOR = " ▸ "  # a fork of a fork is named by its whole path
@@ -174,8 +175,7 @@ def build_whatif(explore: Explore) -> dict[str, Any]:
                                       info="Recombines the step's cached predictions: no UNet call, no queue.")
             ui["mode"] = FieldDropdown(render.MODE_CHOICES, value="cfg", label="What-if mode", scale=2, min_width=160,
                                        info="Modes this run's predictions allow.")
-        ui["gallery"] = gr.Gallery(label="What-if x̂₀ at this step, each beside Δ: its difference from the run's "
-                                         "(mid-grey: none)", columns=4, format="jpeg", object_fit="contain", height=200, elem_id="whatif")
+        ui["gallery"] = gr.Gallery(label="What-if x̂₀ and Δ from the run's", columns=4, format="jpeg", object_fit="contain", height=200, elem_id="whatif")
         ui["summary"] = gr.Markdown(NOTHING, elem_id="whatif-summary")
         with gr.Row(equal_height=False):
             ui["fork"] = gr.Button("Continue from this step", scale=1, min_width=160, elem_id="whatif-fork")
@@ -185,10 +185,14 @@ def build_whatif(explore: Explore) -> dict[str, Any]:
     return ui
 
 
-def wire_whatif(explore: Explore, panel: WhatIfPanel, ui: dict, c: dict, out: dict, generate, outputs: list) -> None:
-    """The panel's events. `generate`: Generate's run event, after which the panel starts afresh; `outputs`:
-    Generate's outputs, which a fork streams into."""
+def wire_whatif(explore: Explore, panel: WhatIfPanel, ui: dict, c: dict, out: dict, check, generate,
+                outputs: list) -> None:
+    """The panel's events. `check`: Generate's check, once passed the last run's what-if is cleared; `generate`:
+    Generate's run event, after which the panel starts afresh; `outputs`: Generate's outputs, which a fork
+    streams into."""
     refresh = [ui["group"], ui["scale"], ui["mode"], ui["branch_list"], ui["branches"], ui["gallery"], ui["summary"]]
+    check.success(lambda: ([], RUNNING), outputs=[ui["gallery"], ui["summary"]], api_visibility="private", queue=False,
+                  show_progress="hidden")
     generate.then(panel.refresh, inputs=out["history"], outputs=refresh, api_visibility="private", queue=False,
                   show_progress="hidden")
     inputs = [out["history"], out["step_slider"], ui["scale"], ui["mode"], c["preview"]]
