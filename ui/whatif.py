@@ -34,13 +34,11 @@ RUNNING = "A new run is under way: the panel turns to it when it ends."
 LABELS = {"guidance_scale": "What-if scale", "mode": "What-if mode", "step": "Revisit step"}
 SHOW_RUN = "() => { document.querySelector('#run-buttons')?.scrollIntoView({block: 'start', behavior: 'smooth'}); }"
 BRANCH_SEPARATOR = " ▸ "  # a fork of a fork is named by its whole path
+MAX_GAIN = 16  # the Δ image's largest amplification
 
 
 def _error(exc: Exception) -> gr.Error:
     return gr_error(exc, LABELS)
-
-
-MAX_GAIN = 16
 
 
 def difference_image(new: Image.Image, old: Image.Image, seed: int) -> tuple[Image.Image, str]:
