@@ -37,6 +37,8 @@ MATH: dict[str, tuple[str, ...]] = {
     "pipeline/schedulers.py": ("*",),
     # the loop's per-step plan, its combination of predictions, and the statistics each step reports
     "pipeline/loop.py": ("_plan", "_combine", "_lane_step"),
+    # what-if's recombination and x0 coefficients, and a fork's path and name
+    "pipeline/whatif.py": ("whatif", "_x0_coefficients", "forked_request", "branch_name"),
 }
 
 # The fast tests that cover that math (about a minute on 2 CPU cores). mutmut runs, for each mutant, only
