@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pipeline import GenerationRequest, generate
+from pipeline.guidance import COND, UNCOND
 from pipeline.metadata import read_settings, save_png
 from pipeline.request import RequestError
 from pipeline.whatif import RunCache, fork, whatif
@@ -129,3 +130,51 @@ def test_the_cache_keeps_every_step_that_fits_and_respects_its_budget(tiny_pipe)
         whatif(tight, 3, 2.0)
     with pytest.raises(ValueError, match="budget_bytes"):
         RunCache(tiny_pipe, req, 1000)
+
+
+def test_whatif_reports_the_update_and_the_change_cfg_implies(tiny_pipe):
+    """CFG's update over the prompt's prediction is eps_hat - eps_c = (s - 1)(eps_c - eps_u) (Ho & Salimans 2022,
+    eq. 6), so its size scales with |s - 1|; the change of x0 is the recorded coefficient times the change of eps."""
+    cache, events = cached_run(tiny_pipe, request())
+    entry = cache.entry(2)
+    cond, uncond = entry.predictions[COND], entry.predictions[UNCOND]
+    gap = (cond - uncond).flatten(1).norm(dim=1)
+    alt = whatif(cache, 2, 3.0)
+    assert (alt.step, alt.scale, alt.mode) == (2, 3.0, "cfg")
+    torch.testing.assert_close(alt.noise_pred, uncond + 3.0 * (cond - uncond), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(alt.update_norm, 2.0 * gap, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(alt.recorded_update_norm, 6.5 * gap, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(alt.difference, alt.pred_x0 - events[1].pred_x0, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(alt.difference_norm, alt.difference.flatten(1).norm(dim=1))
+    assert alt.difference_norm.min() > 0
+    assert whatif(cache, 2, 5.0, "reversed").mode == "reversed"
+    with_negative, _ = cached_run(tiny_pipe, request(steps=2, negative_prompt="a cat"))  # CFG does not read it
+    with pytest.raises(RequestError) as error:  # a mode whose predictions the step did not compute names the mode
+        whatif(with_negative, 2, 5.0, "negative_direction")
+    assert error.value.field == "mode" and "did not compute" in error.value.detail
+
+
+def test_whatif_of_a_single_pass_or_zero_init_step(tiny_pipe):
+    single, events = cached_run(tiny_pipe, request(guidance_scale=1.0))  # one pass: the prompt's prediction
+    alt = whatif(single, 2, 1.0)
+    torch.testing.assert_close(alt.pred_x0, events[1].pred_x0, rtol=0, atol=1e-6)
+    assert set(single.modes_at(2)) == {"cfg", "cond_only", "apg", "cfg_zero_star"}  # each is eps_c alone at s = 1
+    # CFG-Zero*'s zero-init steps predict 0 (Fan et al. 2025): whatever the scale, the estimate is the recorded one.
+    zero, events = cached_run(tiny_pipe, request(mode="cfg_zero_star", zero_init_steps=1))
+    assert zero.entry(1).predictions == {}
+    torch.testing.assert_close(whatif(zero, 1, 2.0).pred_x0, events[0].pred_x0, rtol=0, atol=0)
+
+
+def test_fork_paths_and_names(tiny_pipe):
+    cache, _ = cached_run(tiny_pipe, request())
+    child = cache.branch(3, dataclasses.replace(request(), guidance_scale=3.0))
+    # new_request's own forks are not read: a fork's request may start the next fork
+    again = child.branch(3, dataclasses.replace(child.request, guidance_scale=4.0))
+    assert [(p.step, p.changes) for p in again.request.forks] == [(3, (("guidance_scale", 4.0),))]  # replaces, at 3
+    assert again.name == "s 7.5 → 4 from step 3"  # step 3 itself ran at 7.5: the first fork began after it
+    schedule = cache.branch(2, dataclasses.replace(request(), guidance_schedule="linear"))
+    assert schedule.name == "guidance_schedule constant → linear from step 2"
+    assert cache.branch(2, request()).name == "no change from step 2"
+    with pytest.raises(RequestError) as error:
+        cache.branch(2, request(steps=7))
+    assert error.value.field == "steps" and "only mode, guidance_scale" in error.value.detail
