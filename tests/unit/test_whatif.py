@@ -178,3 +178,14 @@ def test_fork_paths_and_names(tiny_pipe):
     with pytest.raises(RequestError) as error:
         cache.branch(2, request(steps=7))
     assert error.value.field == "steps" and "only mode, guidance_scale" in error.value.detail
+
+
+def test_whatif_checks_the_new_scale_and_reads_the_modes_own_settings(tiny_pipe):
+    cache, events = cached_run(tiny_pipe, request(steps=2))
+    with pytest.raises(RequestError) as error:  # refused as a request would refuse it, not only when a part is missing
+        whatif(cache, 1, 99.0)
+    assert error.value.field == "guidance_scale" and "50" in error.value.detail
+    # Weighted prompts: the predictions needed come from the request's own prompts (Crowson's cfg_sample).
+    weighted, events = cached_run(tiny_pipe, request(steps=2, mode="weighted",
+                                                      weighted_prompts=(("an otter", 2.0), ("a planet", 0.5))))
+    torch.testing.assert_close(whatif(weighted, 2, 7.5).pred_x0, events[1].pred_x0, rtol=0, atol=1e-6)
