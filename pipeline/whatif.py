@@ -182,10 +182,11 @@ class RunCache:
 
     def entry(self, step: int) -> CachedStep:
         if self.dropped:
-            raise ValueError("step: this run's cached predictions were dropped to make room; run it again")
+            raise RequestError("step", "this run's cached predictions were dropped to make room for newer runs; "
+                                       "run it again")
         if step not in self.entries:
-            raise ValueError(f"step: {step} is not cached; cached steps are {self.steps} (every {self.stride}th "
-                             f"fits the {self.budget_bytes:,}-byte budget)")
+            raise RequestError("step", f"{step} is not cached; cached steps are {self.steps} (every {self.stride}th "
+                                       f"fits the {self.budget_bytes:,}-byte budget)")
         return self.entries[step]
 
     def modes_at(self, step: int) -> list[str]:

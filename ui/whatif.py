@@ -64,8 +64,7 @@ class WhatIfPanel:
         """The cached step nearest to the revisited one (every step is kept unless the run is over the budget)."""
         cache = history.whatif
         if cache.dropped:
-            raise RequestError("step", "this run's cached predictions were dropped to make room for newer runs "
-                                       "(the server keeps a bounded amount for all sessions): Generate it again")
+            cache.entry(int(step))  # raises the library's own refusal, which names the step
         if not cache.steps:
             raise RequestError("step", "this run kept no step (it stopped before its first step, or had none)")
         return min(cache.steps, key=lambda s: (abs(s - step), s))
