@@ -276,6 +276,12 @@ def branch_name(before: GenerationRequest, after: GenerationRequest, step: int) 
     return f"{', '.join(changed) or 'no change'} from step {step}"
 
 
+def path_name(request: GenerationRequest) -> str:
+    """A fork's whole path, e.g. "s 7.5 → 3 from step 12 ▸ mode cfg → reversed from step 20"; "" without forks."""
+    return " ▸ ".join(branch_name(request.settings_at(p.step - 1), request.settings_at(p.step), p.step)
+                      for p in request.forks)
+
+
 def fork(pipe: StableDiffusionXLPipeline, run_cache: RunCache, step: int,
          new_request: GenerationRequest) -> Iterator[StepEvent]:
     """Continue the cached run after `step` (1-based) with `new_request`'s guidance settings: steps step+1..N,

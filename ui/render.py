@@ -325,10 +325,9 @@ def showing_branch(name: str) -> str:
 
 def fork_path_note(request) -> str:
     """A restored fork's PNG: what its path changed, and that Generate replays it."""
-    from pipeline.whatif import branch_name
+    from pipeline.whatif import path_name
 
-    names = [branch_name(request.settings_at(p.step - 1), request.settings_at(p.step), p.step) for p in request.forks]
-    return (f"**This PNG is a fork:** {' ▸ '.join(names)}. Generate replays its whole path (the controls hold the "
+    return (f"**This PNG is a fork:** {path_name(request)}. Generate replays its whole path (the controls hold the "
             "settings before the first fork); forget the path to run the controls alone.")
 
 

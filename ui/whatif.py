@@ -33,7 +33,6 @@ NOTHING = "Generate a run first: the what-if panel recombines its cached predict
 RUNNING = "A new run is under way: the panel turns to it when it ends."
 LABELS = {"guidance_scale": "What-if scale", "mode": "What-if mode", "step": "Revisit step"}
 SHOW_RUN = "() => { document.querySelector('#run-buttons')?.scrollIntoView({block: 'start', behavior: 'smooth'}); }"
-BRANCH_SEPARATOR = " ▸ "  # a fork of a fork is named by its whole path
 MAX_GAIN = 16  # the Δ image's largest amplification
 
 
@@ -127,10 +126,9 @@ class WhatIfPanel:
             child = self.explore.handlers.whatif.admit(parent.branch(step, new))
         except ValueError as exc:
             raise _error(exc) from exc
-        name = child.name if not parent.request.forks else f"{history.name}{BRANCH_SEPARATOR}{child.name}"
         forked = History(
             every=history.every, total=history.total, seeds=history.seeds, decompose_seed=history.decompose_seed,
-            mode=child.request.settings_at(step).mode, name=name,
+            mode=child.request.settings_at(step).mode, whatif=child,
             frames={s: f for s, f in history.frames.items() if s <= step},
             norms={s: n for s, n in history.norms.items() if s <= step},
             decompositions={s: d for s, d in history.decompositions.items() if s <= step},
@@ -138,7 +136,7 @@ class WhatIfPanel:
         run = Run(self.explore.pipe, child.request, decode, every, source=lambda event: getattr(event, source),
                   cache=child, events=lambda: fork(self.explore.pipe, parent, step, new), history=forked, start=step)
         with self.explore.jobs.running(request, run.stop) as run_id:
-            yield from self.explore.stream(run, run_id, intro=render.forking(name, step, history.total))
+            yield from self.explore.stream(run, run_id, intro=render.forking(forked.name, step, history.total))
 
     def add_branch(self, history: History | None, branches: list[History] | None):
         """After a fork: a finished one joins the branches (replacing one of the same path). Outputs: branches,

@@ -117,6 +117,9 @@ def test_a_fork_streams_like_a_run_and_equals_the_piecewise_run(explore, panel, 
     assert grand["history"].name == "s 7.5 → 2 from step 3 ▸ mode cfg → reversed from step 4"
     request, _ = read_settings(grand["downloads"][0])
     assert [p.step for p in request.forks] == [3, 4]
+    # Forked again at its own fork step, the new point replaces the old: the name is the path the request runs.
+    refork = dict(zip(GENERATE_OUTPUTS, list(panel.fork(forked, 3, 5.0, "cfg", "linear", 1, "pred_x0"))[-1]))
+    assert refork["history"].name == "s 7.5 → 5 from step 3"
 
     # Returning to the run shows its own PNGs and history again.
     gallery, history, downloads, slider, status, final_btn = panel.show_branch(branch_list, "the run")

@@ -10,7 +10,7 @@ from pipeline import GenerationRequest, generate
 from pipeline.guidance import COND, UNCOND
 from pipeline.metadata import read_settings, save_png
 from pipeline.request import RequestError
-from pipeline.whatif import RunCache, fork, whatif
+from pipeline.whatif import RunCache, fork, path_name, whatif
 
 
 def request(**changes):
@@ -172,6 +172,7 @@ def test_fork_paths_and_names(tiny_pipe):
     again = child.branch(3, dataclasses.replace(child.request, guidance_scale=4.0))
     assert [(p.step, p.changes) for p in again.request.forks] == [(3, (("guidance_scale", 4.0),))]  # replaces, at 3
     assert again.name == "s 7.5 → 4 from step 3"  # step 3 itself ran at 7.5: the first fork began after it
+    assert path_name(again.request) == "s 7.5 → 4 from step 3" and path_name(request()) == ""
     schedule = cache.branch(2, dataclasses.replace(request(), guidance_schedule="linear"))
     assert schedule.name == "guidance_schedule constant → linear from step 2"
     assert cache.branch(2, request()).name == "no change from step 2"
