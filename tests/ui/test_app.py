@@ -30,12 +30,7 @@ def test_one_update_per_previewed_step_then_final_images(client, server):
     _, throttle = server
     throttle.hold()  # lockstep: the run takes a step only once the update of the step before has arrived
     job = client.submit(**SMALL, steps=6, num_seeds=3, seed=10, preview_every=2, api_name="/generate")
-    throttle.allow()
-    outputs = []
-    for out in job:
-        outputs.append(out)
-        if "Starting" not in out[1]:
-            throttle.allow()
+    outputs = throttle.lockstep(job, status=1)
     assert job.exception() is None
     statuses = [out[1] for out in outputs]
     assert "Starting" in statuses[0]

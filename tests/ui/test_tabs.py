@@ -46,12 +46,7 @@ def test_sweep_streams_progress_then_the_grid_and_captioned_cells(client, server
     _, throttle = server
     throttle.hold()  # lockstep: the sweep takes a step only once the status of the step before has arrived
     job = client.submit(**SWEEP, api_name="/sweep")
-    throttle.allow()
-    outputs = []
-    for out in job:
-        outputs.append(out)
-        if "Starting" not in out[0]:
-            throttle.allow()
+    outputs = throttle.lockstep(job, status=0)
     assert job.exception() is None
     statuses = [out[0] for out in outputs]
     assert "Starting" in statuses[0] and "4 cells" in statuses[0]
