@@ -205,9 +205,7 @@ def free_cache() -> None:
 
 def out_of_memory_message(memory: str | None = None) -> str:
     """What to do about an out-of-memory error: what to lower, then the memory flag to try."""
-    flags = {
-        None: "restart with `--memory offload` (one model on the GPU at a time), or `--memory sequential` "
-              "(least memory, slowest)",
+    flags = {  # by the mode in use; unknown (None) reads as high
         "high": "restart with `--memory offload` (one model on the GPU at a time), or `--memory sequential` "
                 "(least memory, slowest)",
         "offload": "restart with `--memory sequential` (least memory, slowest)",
@@ -217,5 +215,5 @@ def out_of_memory_message(memory: str | None = None) -> str:
     return (
         "Out of GPU memory: the run was stopped and the memory freed. Try fewer seeds (Number of seeds), a "
         "smaller Width and Height, or a cheaper Preview decoder (linear); guidance modes with more UNet passes "
-        f"(Perp-Neg, weighted prompts) also cost more. Or {flags.get(memory, flags[None])}."
+        f"(Perp-Neg, weighted prompts) also cost more. Or {flags.get(memory, flags['high'])}."
     )
