@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     world.SIZE, world.STEPS = args.size, args.steps
     torch.set_num_threads(2)
-    pipe = toy_pipeline()
+    pipe = toy_pipeline(prompt_adherence=1.0)  # the exact data model, as tests/unit/test_toy_world.py
     print(f"toy world: {args.size} px, {args.steps} Euler steps, seeds 0..N-1")
 
     landed = nearest_items(pipe, world.final(pipe, "red circle", 7.5)[0])

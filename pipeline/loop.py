@@ -27,8 +27,9 @@ from .conditioning import PromptEmbeds, encode, encode_part
 from .decompose import Decomposition, alpha_bar, decompose
 from .guidance import COND, UNCOND, Mode, Part, guidance_mode, guidance_stats  # noqa: F401 (UNCOND: for callers)
 from .memory import MicroBatcher
+from .models.toy import is_toy
 from .previews import encode_image, final_images
-from .request import GenerationRequest
+from .request import GenerationRequest, RequestError
 from .schedulers import make_scheduler, pred_original_sample, step_kwargs
 from .schedules import in_interval, progress, scheduled_scale
 
@@ -207,6 +208,17 @@ class _UNetBatch:
             )
         return self.conditioning[order]
 
+    def _adherence(self, order: tuple[tuple[int, Part], ...]) -> Tensor | None:
+        """The toy model's prompt adherence per UNet row, (B,), where a request sets it; None where none does, so
+        a real UNet never sees the argument (`_check_adherence` refused it before any model call)."""
+        values = [self.lanes[k].request.prompt_adherence for k, _ in order]
+        if all(value is None for value in values):
+            return None
+        default = self.pipe.unet.config.prompt_adherence
+        return torch.tensor([default if value is None else value
+                             for value, (k, _) in zip(values, order) for _ in range(self.lanes[k].batch)],
+                            dtype=torch.float64)
+
     def __call__(self, scaled: Tensor, t: Tensor, plans: list[StepPlan]) -> list[dict[Part, Tensor]]:
         """Each lane's predictions by part, each (B_lane, 4, H/f, W/f), from the scaled model input (B, 4, H/f, W/f)."""
         preds: list[dict[Part, Tensor]] = [{} for _ in self.lanes]
@@ -216,11 +228,14 @@ class _UNetBatch:
             return preds
         prompt_embeds, added_cond_kwargs = self._conditioning(order)
         model_input = torch.cat([scaled[self.lanes[k].rows] for k, _ in order])
+        adherence = self._adherence(order)
 
         def rows(r: slice) -> Tensor:
+            extra = {} if adherence is None else {"cross_attention_kwargs": {"prompt_adherence": adherence[r]}}
             return self.pipe.unet(
                 model_input[r], t, encoder_hidden_states=prompt_embeds[r],
                 added_cond_kwargs={name: value[r] for name, value in added_cond_kwargs.items()}, return_dict=False,
+                **extra,
             )[0]
 
         noise_all, self.chunks = self.micro_batches(rows, len(model_input))
@@ -264,6 +279,17 @@ def _check_latents_shape(pipe: StableDiffusionXLPipeline, requests: Sequence[Gen
         if request.init_latents is not None and tuple(request.init_latents.shape[-3:]) != (channels, *latent_size):
             raise ValueError(f"init_latents: must have shape (N, {channels}, {latent_size[0]}, {latent_size[1]}) "
                              f"for {first.width}x{first.height}, got {tuple(request.init_latents.shape)}")
+
+
+def _check_adherence(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest]) -> None:
+    """`prompt_adherence` is a setting of the toy model alone: a real UNet has no such knob (and must never be
+    passed it), so a request that sets it for one is refused rather than silently ignored."""
+    if not is_toy(pipe):
+        for request in requests:
+            if request.prompt_adherence is not None:
+                raise RequestError("prompt_adherence", "only the toy world's model has it (how well it learned its "
+                                                       f"prompts); leave it unset for this model, got "
+                                                       f"{request.prompt_adherence!r}")
 
 
 def img2img_start(steps: int, strength: float) -> int:
@@ -382,6 +408,7 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
         raise ValueError("requests: need at least one request")
     _check_batchable(requests)
     _check_latents_shape(pipe, requests)  # before any model call
+    _check_adherence(pipe, requests)
     first = requests[0]
     scheduler, timesteps = _timesteps(pipe, first)
     total = len(timesteps)

@@ -30,6 +30,7 @@ MAX_SEEDS = 16
 SEED_RANGE = (0, 2**32 - 1)
 RESCALE_RANGE = (0.0, 1.0)
 FRACTION_RANGE = (0.0, 1.0)
+ADHERENCE_RANGE = (0.0, 1.0)  # the toy model's prompt_adherence
 MAX_WEIGHTED_PROMPTS = 4
 WEIGHT_RANGE = (-20.0, 20.0)
 # CLIP reads 77 tokens (a few hundred characters); longer text is cut off (the page says where). This bound
@@ -167,6 +168,9 @@ class GenerationRequest:
     # The fork path (pipeline/whatif.py): from each point's step on, its guidance changes apply. A forked run's
     # PNG carries it, and running the request replays the whole path in one run.
     forks: tuple[ForkPoint, ...] = ()
+    # The toy world only: how well its model learned prompts, from 0 to 1 (pipeline.models.toy.item_prior).
+    # None: the model's own default. A real model refuses any other value (pipeline.loop).
+    prompt_adherence: float | None = None
     # Then each mode's own parameters, added by `_with_mode_params` from the table of modes: apg_eta,
     # apg_momentum, apg_norm_threshold (APG), zero_init_steps (CFG-Zero*), perp_neg_scale (Perp-Neg).
 
@@ -261,6 +265,8 @@ class GenerationRequest:
             check_text("weighted_prompts", pair[0])
             _check_float_range("weighted_prompts", pair[1], *WEIGHT_RANGE)
         _check_float_range("strength", self.strength, 0.0, 1.0)
+        if self.prompt_adherence is not None:
+            _check_float_range("prompt_adherence", self.prompt_adherence, *ADHERENCE_RANGE)
         if self.init_image is not None:
             if not isinstance(self.init_image, Image.Image):
                 raise RequestError("init_image", f"must be a PIL image, got {type(self.init_image).__name__}")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,6 +70,9 @@ HIDDEN_SIZE = 16  # >= len(WORDS)
 PROJECTION_DIM = 8  # encoder 2's pooled projection (SDXL reads it; the exact denoiser does not)
 ADDITION_TIME_EMBED_DIM = 8
 WORD_THRESHOLD = 0.5  # a word's unit is 1 where the word is and 0 elsewhere
+# How well the toy model learned its prompts (`item_prior`): at 0.5, conditional-only sampling follows the
+# prompt on about half the seeds and CFG at 3 on most (measured in tests/unit/test_adherence.py).
+DEFAULT_ADHERENCE = 0.5
 
 # The VAE's colour map: rgb = latent @ LATENT_RGB_FACTORS (UNet latents, pixel values in [-1, 1]). Its columns
 # are three columns of the orthogonal 4x4 Hadamard matrix / 2, so the encoder is its transpose, each latent
@@ -205,15 +209,44 @@ def read_words(encoder_hidden_states: Tensor, hidden_size: int = HIDDEN_SIZE) ->
     return first, second
 
 
+def check_adherence(value: Any) -> Any:
+    """Refuse an adherence outside [0, 1] (a float or a tensor of them), naming the field."""
+    values = torch.as_tensor(value, dtype=torch.float64)
+    if values.numel() == 0 or bool(values.isnan().any()) or not bool(((values >= 0) & (values <= 1)).all()):
+        raise ValueError(f"prompt_adherence: must be from 0 to 1, got {value!r}")
+    return value
+
+
+def _is_one(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == 1
+
+
 # --- the exact denoiser --------------------------------------------------------------------------------
 
 
-def ideal_epsilon(x_t: Tensor, items: Tensor, allowed: Tensor, alpha_bar: Tensor, width: float = 0.0) -> Tensor:
-    """The exact noise prediction for data that is a uniform mixture over `items`, each N(item, width^2 I).
+def item_prior(allowed: Tensor, adherence: Tensor | float = 1.0) -> Tensor:
+    """(B, N) prior weight of each item under a model that learned the prompt only partly: `adherence` a of the
+    prompt's own items (uniform over the matching ones) and 1 - a of the whole data set (uniform over all N).
+
+    That is the mixture p_a(x | c) = a p(x | c) + (1 - a) p(x): with probability 1 - a the model ignores the
+    prompt, which is how an imperfect conditional model fails (Ho & Salimans 2022, section 4: its samples follow
+    the prompt only partly, and guidance is what sharpens them). a = 1 is the exact data conditional. With no
+    word named every item matches, so the unconditional prior stays uniform at any a. `adherence` is a float or
+    a (B,) tensor, one value per row. Each row sums to 1.
+    """
+    allowed = allowed.to(torch.float64)
+    a = torch.as_tensor(adherence, dtype=torch.float64, device=allowed.device).reshape(-1, 1)  # (B or 1, 1)
+    return a * allowed / allowed.sum(dim=1, keepdim=True) + (1 - a) / allowed.shape[1]
+
+
+def ideal_epsilon(x_t: Tensor, items: Tensor, allowed: Tensor, alpha_bar: Tensor, width: float = 0.0,
+                  prior: Tensor | None = None) -> Tensor:
+    """The exact noise prediction for data that is a mixture over `items`, each N(item, width^2 I).
 
     x_t (B, D) = sqrt(a) x0 + sqrt(1 - a) eps, with a = alpha_bar (B,); items (N, D); allowed (B, N) bool: the
-    items each row may come from (its caption's). Under item n, x_t ~ N(sqrt(a) z_n, v I) with
-    v = a width^2 + 1 - a, so p(n | x_t) is a softmax of -|x_t - sqrt(a) z_n|^2 / 2v over the allowed items, and
+    items each row may come from (its caption's); prior (B, N): each item's mixture weight (`item_prior`), by
+    default uniform over the allowed items. Under item n, x_t ~ N(sqrt(a) z_n, v I) with
+    v = a width^2 + 1 - a, so p(n | x_t) is a softmax of log prior_n - |x_t - sqrt(a) z_n|^2 / 2v, and
     E[x0 | x_t] = sum_n p(n | x_t) (z_n + k (x_t - sqrt(a) z_n)), k = sqrt(a) width^2 / v. With width 0 this is
     the ideal denoiser of Karras et al. (2022), a posterior-weighted mean of the items. Then
     eps = (x_t - sqrt(a) x0_hat) / sqrt(1 - a) (Ho et al. 2020, eq. 4 solved for eps).
@@ -223,7 +256,11 @@ def ideal_epsilon(x_t: Tensor, items: Tensor, allowed: Tensor, alpha_bar: Tensor
     var = a * width**2 + (1 - a)
     # |x_t - sqrt(a) z_n|^2 without its |x_t|^2, which is the same for every n and cancels in the softmax.
     logits = (sqrt_a * (x_t @ items.T) - a * (items * items).sum(dim=1) / 2) / var  # (B, N)
-    weights = torch.softmax(logits.masked_fill(~allowed, -math.inf), dim=1)
+    if prior is None:
+        logits = logits.masked_fill(~allowed, -math.inf)
+    else:  # an item of prior 0 (a = 1, not the prompt's) gets log 0 = -inf, exactly as the mask gives it
+        logits = logits + prior.to(logits).log()
+    weights = torch.softmax(logits, dim=1)
     mean_item = weights @ items  # (B, D)
     k = sqrt_a * width**2 / var
     x0_hat = mean_item + k * (x_t - sqrt_a * mean_item)
@@ -251,6 +288,7 @@ class ToyUNet(ModelMixin, ConfigMixin):
         beta_end: float = SDXL_SCHEDULER_CONFIG["beta_end"],
         beta_schedule: str = SDXL_SCHEDULER_CONFIG["beta_schedule"],
         mixture_width: float = 0.0,
+        prompt_adherence: float = 1.0,
     ) -> None:
         super().__init__()
         # diffusers checks the micro-conditioning's width against this layer (`_get_add_time_ids`). The exact
@@ -298,17 +336,23 @@ class ToyUNet(ModelMixin, ConfigMixin):
         timestep: Tensor | float | int,
         encoder_hidden_states: Tensor,
         added_cond_kwargs: dict[str, Tensor] | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         return_dict: bool = True,
         **kwargs,
     ) -> UNet2DConditionOutput | tuple[Tensor]:
+        """`cross_attention_kwargs={"prompt_adherence": a}` (a float, or a (B,) tensor: one per row) sets the
+        model's adherence for this call only; diffusers' pipeline passes that dict through unchanged, so a run
+        chooses it without changing a model that other runs share. Without it, the config's default holds."""
         batch, _, height, width = sample.shape  # (B, 4, H/8, W/8)
         dtype = self.compute_dtype(sample.device)
         t = torch.as_tensor(timestep, device=sample.device).to(dtype).flatten()
         t = t.expand(batch) if t.numel() == 1 else t
         first, second = read_words(encoder_hidden_states, self.config.cross_attention_dim // 2)
         allowed = matching_items(first | second)  # (B, N)
+        adherence = (cross_attention_kwargs or {}).get("prompt_adherence", self.config.prompt_adherence)
+        prior = None if _is_one(adherence) else item_prior(allowed, check_adherence(adherence))
         eps = ideal_epsilon(sample.to(dtype).flatten(1), self.items(height, width, sample.device), allowed,
-                            self.alpha_bar(t), self.config.mixture_width)
+                            self.alpha_bar(t), self.config.mixture_width, prior)
         eps = eps.view_as(sample).to(sample.dtype)
         return UNet2DConditionOutput(sample=eps) if return_dict else (eps,)
 
@@ -398,14 +442,20 @@ class ToyPreviewDecoder(nn.Module):
 # --- the pipeline --------------------------------------------------------------------------------------
 
 
-def toy_pipeline(mixture_width: float = 0.0) -> StableDiffusionXLPipeline:
+def toy_pipeline(mixture_width: float = 0.0, prompt_adherence: float = DEFAULT_ADHERENCE) -> StableDiffusionXLPipeline:
     """The toy world as a `StableDiffusionXLPipeline`: exact denoiser, linear VAE, CLIP encoders that spell words.
 
+    `prompt_adherence` a: how well the toy model learned its prompts. Its conditional is
+    a p(x | c) + (1 - a) p(x) (`item_prior`), and the UNet is that model's exact denoiser. At 1 the model is
+    the data's own conditional, and a perfect conditional model needs no guidance; at the default 0.5,
+    "conditional only" follows the prompt on about half the seeds, and CFG is what brings the rest in, as with
+    a real model. A run can set its own value (`GenerationRequest.prompt_adherence`); this is the default.
     `mixture_width` > 0 spreads each data item into a Gaussian of that width (UNet latent units), so samples
     need not be data items; it shows as pixel noise in every sample (0.5 does), hence 0 by default.
     """
     if not mixture_width >= 0:
         raise ValueError(f"mixture_width: must be 0 or more, got {mixture_width}")
+    check_adherence(prompt_adherence)
     tokenizer = toy_tokenizer()
     vae = ToyVAE()
     pipe = StableDiffusionXLPipeline(
@@ -414,7 +464,7 @@ def toy_pipeline(mixture_width: float = 0.0) -> StableDiffusionXLPipeline:
         text_encoder_2=toy_text_encoder(tokenizer, with_projection=True),
         tokenizer=tokenizer,
         tokenizer_2=toy_tokenizer(),
-        unet=ToyUNet(mixture_width=mixture_width).eval(),
+        unet=ToyUNet(mixture_width=mixture_width, prompt_adherence=prompt_adherence).eval(),
         scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,

@@ -165,9 +165,10 @@ def diffusers_pipe(pipe: StableDiffusionXLPipeline, scheduler: str) -> StableDif
     return copy
 
 
-def theirs(pipe: StableDiffusionXLPipeline, row: Row, request: GenerationRequest, output_type: str) -> Any:
+def theirs(pipe: StableDiffusionXLPipeline, row: Row, request: GenerationRequest, output_type: str, **extra: Any) -> Any:
     """The diffusers call of `row`: latents (B, 4, H/8, W/8) for "latent", a list of PIL images for "pil"."""
     return diffusers_pipe(pipe, request.scheduler)(
+        **extra,
         **row.diffusers_kwargs(pipe, request),
         num_inference_steps=request.steps,
         width=request.width,

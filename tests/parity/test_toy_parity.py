@@ -6,6 +6,8 @@ conditional and unconditional predictions differ and guidance has something to d
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -37,3 +39,18 @@ def test_toy_latents_match_diffusers(toy_pipe, row: Row, scheduler: str, eta: fl
     expected = theirs(toy_pipe, row, request, output_type="latent")
     torch.testing.assert_close(latents, expected, **row.tol)
     assert float((latents - latents[:1]).abs().max()) > 0.1  # the seeds differ: not a degenerate run
+
+
+@pytest.mark.parametrize("adherence", [0.3, 0.8])
+@pytest.mark.parametrize("row", ROWS[:1] + ROWS[2:], ids=lambda row: row.id)
+def test_a_runs_prompt_adherence_matches_diffusers_cross_attention_kwargs(toy_pipe, row: Row, adherence: float) -> None:
+    """A run's `prompt_adherence` reaches the toy UNet as diffusers' own pipeline passes `cross_attention_kwargs`,
+    so the oracle holds at any adherence (the session's toy model defaults to 0.5, which the rows above use)."""
+    # At s = 1.5: at 7.5 guidance lands every seed on the same items whatever the adherence.
+    request = dataclasses.replace(make_request(row, "euler", 0.0), prompt_adherence=adherence, guidance_scale=1.5)
+    latents, _ = ours(toy_pipe, request)
+    expected = theirs(toy_pipe, row, request, output_type="latent",
+                      cross_attention_kwargs={"prompt_adherence": adherence})
+    torch.testing.assert_close(latents, expected, **row.tol)
+    default, _ = ours(toy_pipe, dataclasses.replace(request, prompt_adherence=None))
+    assert float((latents - default).abs().max()) > 0.1  # the setting changed the run

@@ -169,7 +169,8 @@ def test_unet_is_the_ideal_denoiser_of_its_captions(toy_pipe):
     sample = torch.randn(2, 4, 8, 8, generator=g)
     embeds = torch.cat([encode(toy_pipe, "red circle").prompt_embeds, encode(toy_pipe, "").prompt_embeds])
     t = torch.tensor(500)
-    eps = unet(sample, t, encoder_hidden_states=embeds, added_cond_kwargs={}, return_dict=False)[0]
+    eps = unet(sample, t, encoder_hidden_states=embeds, added_cond_kwargs={}, return_dict=False,
+               cross_attention_kwargs={"prompt_adherence": 1.0})[0]  # the data's own conditional (test_adherence)
     items = unet.items(8, 8)
     allowed = torch.tensor([[i.colour == "red" and i.shape == "circle" for i in ITEMS], [True] * len(ITEMS)])
     a = unet.alpha_bar(t.double().expand(2))

@@ -3,6 +3,10 @@
 Each seed's result is judged by the data item it lands nearest (in latent space) and by its pixels. Runs are
 small (128 px, 20 Euler steps) so the whole file takes seconds. The figures the tests rest on are printed by
 `python -m bench.toy_figures`.
+
+These are properties of the exact data model (prompt adherence 1: the data's own conditional), so the module
+runs on that model; the default toy (adherence 0.5), whose conditional follows the prompt only partly, is
+tested in test_adherence.py.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ from pipeline.sweep import Axis, run_sweep
 SIZE = 128
 STEPS = 20
 SCALES = (1.0, 3.0, 7.5, 15.0)
+
+
+@pytest.fixture(scope="module")
+def toy_pipe():
+    from pipeline import toy_pipeline
+
+    return toy_pipeline(prompt_adherence=1.0)
 
 
 def request(prompt: str, scale: float, seeds, **fields) -> GenerationRequest:
