@@ -47,6 +47,7 @@ from .controls import (
 )
 from .fields import FieldCheckbox, FieldDropdown, FieldFile, FieldImage, FieldNumber, FieldRadio, FieldSlider, FieldTextbox
 from .handlers import Handlers, gpu, gr_error, request_gpu_seconds, takes_controls
+from .served import ServedGallery
 from .streaming import History, Run
 from .whatif import WhatIfPanel, build_whatif, wire_whatif
 
@@ -571,7 +572,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
             out["clear_start"] = gr.Button("Forget the inverted noise", visible=False, size="sm")
             out["fork_note"] = gr.Markdown(elem_id="fork-note")  # set when a restored PNG is a fork's
             out["clear_fork"] = gr.Button("Forget the fork path", visible=False, size="sm")
-            out["gallery"] = gr.Gallery(
+            out["gallery"] = ServedGallery(
                 label="Images", columns=4, format="jpeg", object_fit="contain", height=GALLERY_HEIGHT,
                 buttons=["download", "fullscreen"], elem_id="images",
             )
@@ -583,7 +584,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                 out["final_btn"] = gr.Button("Final images", visible=False, size="sm", scale=1, min_width=100)
             out["whatif"] = build_whatif(explore)
             out["decomposition_note"] = gr.Markdown(visible=False, elem_id="decomposition-note")
-            out["decomposition"] = gr.Gallery(
+            out["decomposition"] = ServedGallery(
                 label="Decomposition", show_label=False, columns=4, format="jpeg", object_fit="contain",
                 height=230, elem_id="decomposition", visible=False,
             )

@@ -21,6 +21,7 @@ from . import render
 from .controls import CONTROL_NAMES, TAB_CONTROLS
 from .fields import FieldImage, FieldSlider, FieldTextbox
 from .handlers import gpu, gpu_seconds, gr_error
+from .served import ServedImage
 
 CURVE_STEPS = "5, 10, 25, 50"
 MAX_CURVE_POINTS = 8  # steps values per curve; each costs an inversion and a reconstruction per scale
@@ -230,9 +231,9 @@ def build_invert_tab(handlers, targets: dict, start_latents: gr.State, explore=N
             result = gr.Markdown("Upload an image and press **Invert**.", label="Inversion result",
                                  elem_id="invert-result")
             with gr.Row():
-                noise = gr.Image(label="Recovered noise", interactive=False, format="png", elem_id="invert-noise",
+                noise = ServedImage(label="Recovered noise", interactive=False, format="png", elem_id="invert-noise",
                                  buttons=["download", "fullscreen"])
-                reconstruction = gr.Image(label="Reconstruction", interactive=False, format="png",
+                reconstruction = ServedImage(label="Reconstruction", interactive=False, format="png",
                                           elem_id="invert-reconstruction", buttons=["download", "fullscreen"])
     with gr.Accordion("Reconstruction error vs steps", open=True):
         with gr.Row():

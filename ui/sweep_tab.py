@@ -23,6 +23,7 @@ from pipeline.sweep import AXES, MAX_CELLS, Axis, batches, run_sweep, sweep_cell
 from .fields import FieldDropdown, FieldTextbox
 from .controls import CONTROL_NAMES, label_of, request_from_settings
 from .handlers import gpu, gpu_seconds, gr_error, takes_controls
+from .served import ServedGallery
 
 CELL_SIZE = 512  # the Cells gallery shows JPEG thumbnails; the grid PNG keeps full size
 SWEEP_OUTPUTS = ("status", "grid", "cells", "run_id")
@@ -204,7 +205,7 @@ def build_sweep_tab(handlers, controls: list) -> None:
                             buttons=["download", "fullscreen"], elem_id="sweep-grid")
             # the running sweep's id, from the first update of its stream: Stop sweep sends it back
             run_id = gr.Textbox(label="Sweep run id", visible=False)
-            cells = gr.Gallery(label="Cells", columns=4, format="jpeg", object_fit="contain", height="auto",
+            cells = ServedGallery(label="Cells", columns=4, format="jpeg", object_fit="contain", height="auto",
                                buttons=["download", "fullscreen"], elem_id="sweep-cells")
 
     x_axis.input(sweeps.describe_axis, inputs=x_axis, outputs=x_values, api_name="describe_x_axis")
