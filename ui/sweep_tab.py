@@ -20,7 +20,7 @@ from pipeline.request import GUIDANCE_SCALE_RANGE, SEED_RANGE
 from pipeline.loop import plan_passes
 from pipeline.sweep import AXES, MAX_CELLS, Axis, batches, run_sweep, sweep_cells
 
-from .fields import FieldDropdown, FieldTextbox
+from .fields import FieldDropdown, FieldTextbox, refused
 from .controls import CONTROL_NAMES, label_of, request_from_settings
 from .handlers import gpu, gpu_seconds, gr_error, takes_controls
 from .served import ServedGallery
@@ -88,14 +88,14 @@ class Sweeps:
         try:
             base = request_from_settings(dict(zip(CONTROL_NAMES, values)))
         except RequestError as exc:
-            raise gr.Error(f"Explore settings: {label_of(exc.field)}: {exc.detail}", title="Invalid input") from exc
+            raise refused(f"Explore settings: {label_of(exc.field)}: {exc.detail}") from exc
         axes = []
         for which, name, text in (("X", x_axis, x_values), ("Y", y_axis, y_values)):
             try:
                 axes.append(Axis.parse(name, text or ""))
             except RequestError as exc:
                 field = f"{which} axis" if exc.field == "sweep_axis" else f"{which} values"
-                raise gr.Error(f"{field}: {exc}", title="Invalid input") from exc
+                raise refused(f"{field}: {exc}") from exc
         x, y = axes
         try:
             cells = sweep_cells(base, x, y)
@@ -105,7 +105,7 @@ class Sweeps:
             axis = AXIS_OF_FIELD.get(exc.field, exc.field)
             where = {"sweep_axis": "Y axis", "sweep": "X values × Y values", x.name: "X values",
                      y.name: "Y values"}.get(axis, "Explore settings")
-            raise gr.Error(f"{where}: {exc}", title="Invalid input") from exc
+            raise refused(f"{where}: {exc}") from exc
         return base, x, y, len(cells), len(batches(cells))
 
     def sweep(self, *values: Any, x_axis: str = "guidance_scale", x_values: str = "", y_axis: str = "seed",
