@@ -133,6 +133,7 @@ class WhatIfPanel:
             frames={s: f for s, f in history.frames.items() if s <= step},
             norms={s: n for s, n in history.norms.items() if s <= step},
             decompositions={s: d for s, d in history.decompositions.items() if s <= step},
+            spreads={s: d for s, d in history.spreads.items() if s <= step},
         )
         run = Run(self.explore.pipe, child.request, decode, every, source=lambda event: getattr(event, source),
                   cache=child, events=lambda: fork(self.explore.pipe, parent, step, new), history=forked, start=step)
