@@ -82,9 +82,12 @@ def truncations(pipe: StableDiffusionXLPipeline, **texts: str) -> list[Truncatio
         if not second and not texts.get(f"{field}_2"):
             encoders.append(("text_encoder_2", pipe.tokenizer_2))
         for encoder, tokenizer in encoders:
-            ids = tokenizer(text, truncation=False, verbose=False).input_ids  # with begin and end tokens
+            # with begin and end tokens; offsets: where each token sits in `text` ((0, 0) for begin and end)
+            encoded = tokenizer(text, truncation=False, verbose=False, return_offsets_mapping=True)
             limit = tokenizer.model_max_length
-            if len(ids) > limit:
-                dropped = ids[limit - 1 : -1]  # the last kept slot holds the end token
-                report.append(Truncation(field, encoder, len(dropped), tokenizer.decode(dropped)))
+            if len(encoded.input_ids) > limit:
+                # the last kept slot holds the end token. The dropped text is quoted from `text` itself: decoding
+                # the dropped ids joins whole-word added tokens (the toy's words) with no spaces ("circlered").
+                start = encoded.offset_mapping[limit - 1][0]
+                report.append(Truncation(field, encoder, len(encoded.input_ids) - limit, text[start:]))
     return report

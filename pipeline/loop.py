@@ -24,7 +24,7 @@ from torch import Tensor
 
 from . import methods
 from .conditioning import PromptEmbeds, encode, encode_part
-from .decompose import Decomposition, alpha_bar, decompose
+from .decompose import Decomposition, alpha_bar, decompose, x0_difference
 from .guidance import COND, UNCOND, Mode, Part, guidance_mode, guidance_stats  # noqa: F401 (UNCOND: for callers)
 from .memory import MicroBatcher
 from .models.toy import is_toy
@@ -48,6 +48,9 @@ class StepEvent:
     unet_passes: int = 1  # predictions computed per image at this step (0, 1, 2, or more: Perp-Neg, weighted)
     guidance_norm: Tensor | None = None  # ||eps_c - eps_u|| per image, (B,); None where one pass ran
     cosine: Tensor | None = None  # cosine(eps_c, eps_u) per image, (B,); None where one pass ran
+    # RMS of x0(eps_c) - x0(eps_u) per image, (B,): the guidance vector in clean-image units, which stays bounded
+    # as sigma -> 0 (`decompose.x0_difference`); eps_u is the mode's baseline. None where one pass ran.
+    guidance_x0: Tensor | None = None
     decomposition: Decomposition | None = None  # only when the request names a `decompose_seed`
     unet_chunks: int = 1  # UNet calls this step's batch ran in: more than 1 where it did not fit at once
     images: tuple[Image.Image, ...] | None = None  # final event only: one full-size image per seed
@@ -109,8 +112,35 @@ def _plan(request: GenerationRequest, i: int, total: int) -> StepPlan:
 
 def plan_passes(request: GenerationRequest) -> list[int]:
     """UNet passes per image at each step the request takes: what its schedule, interval and mode cost."""
-    total = request.steps - (img2img_start(request.steps, request.strength) if request.init_image is not None else 0)
+    total = _steps_taken(request)
     return [len(_plan(request, i, total).parts) for i in range(total)]
+
+
+def _steps_taken(request: GenerationRequest) -> int:
+    return request.steps - (img2img_start(request.steps, request.strength) if request.init_image is not None else 0)
+
+
+def unguided_steps(request: GenerationRequest) -> dict[int, str]:
+    """The steps (1-based, as events count them) that predict no prompt-and-baseline pair, so that no guidance
+    vector is measured there, each with why: "zero_init" (the mode's first steps predict 0), "one_prediction"
+    (the mode runs one prediction), "interval" (outside the guidance interval), "scale_one" (scale 1: the prompt's
+    prediction alone) or "scale_zero" (scale 0: the baseline's alone)."""
+    total, why = _steps_taken(request), {}
+    for i in range(total):
+        settings = request.settings_at(i)
+        mode = guidance_mode(settings.mode)
+        parts = _plan(request, i, total).parts
+        if COND in parts and mode.baseline in parts:
+            continue
+        if not parts:
+            why[i + 1] = "zero_init"
+        elif not mode.guided:
+            why[i + 1] = "one_prediction"
+        elif not in_interval(i, total, settings.guidance_interval):
+            why[i + 1] = "interval"
+        else:
+            why[i + 1] = "scale_one" if COND in parts else "scale_zero"
+    return why
 
 
 @dataclass
@@ -179,6 +209,7 @@ class _LaneStep:
     plan: StepPlan
     guidance_norm: Tensor | None
     cosine: Tensor | None
+    guidance_x0: Tensor | None
     decomposition: Decomposition | None
 
 
@@ -249,14 +280,15 @@ def _lane_step(lane: _Lane, plan: StepPlan, settings: GenerationRequest, preds: 
     """Combine one lane's predictions, with the diagnostics its events carry."""
     noise_pred = combine(settings, preds, plan.scale, latents[lane.rows], lane.state)
     baseline, cond = preds.get(guidance_mode(settings.mode).baseline), preds.get(COND)
-    norm = cosine = decomposition = None
+    norm = cosine = gap = decomposition = None
     if baseline is not None and cond is not None:
         norm, cosine = guidance_stats(cond, baseline)
+        gap = x0_difference(cond, baseline, alpha, prediction_type)
     seed = lane.request.decompose_seed
     if seed is not None:
         decomposition = decompose(seed, lane.request.seeds.index(seed), scaled[lane.rows], baseline, cond, noise_pred,
                                   alpha, prediction_type)
-    return _LaneStep(noise_pred, plan, norm, cosine, decomposition)
+    return _LaneStep(noise_pred, plan, norm, cosine, gap, decomposition)
 
 
 def _check_batchable(requests: Sequence[GenerationRequest]) -> None:
@@ -357,7 +389,8 @@ def _events(lanes: list[_Lane], steps: list[_LaneStep], i: int, total: int, time
         StepEvent(
             step=i + 1, total=total, timestep=timestep, seeds=lane.request.seeds, latents=latents[lane.rows],
             pred_x0=x0[lane.rows], guidance_scale=step.plan.scale, unet_passes=len(step.plan.parts),
-            guidance_norm=step.guidance_norm, cosine=step.cosine, decomposition=step.decomposition,
+            guidance_norm=step.guidance_norm, cosine=step.cosine, guidance_x0=step.guidance_x0,
+            decomposition=step.decomposition,
             unet_chunks=unet_chunks, record=record,
         )
         for lane, step, record in zip(lanes, steps, records)
@@ -429,7 +462,6 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
     extra = step_kwargs(scheduler, [g for gens in lane_generators for g in gens], first.eta)
     timestep_values = timesteps.tolist()  # one device sync here, not one per step for the events
     prediction_type = scheduler.config.prediction_type
-    decomposing = any(request.decompose_seed is not None for request in requests)
     first_index = 0 if resume is None else resume.step
     for i, t in enumerate(timesteps):
         if i < first_index:
@@ -437,7 +469,7 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
         plans = [_plan(lane.request, i, total) for lane in lanes]
         scaled = scheduler.scale_model_input(latents, t)  # the variance-preserving model input, (B, 4, H/f, W/f)
         preds = unet(scaled, t, plans)
-        alpha = alpha_bar(scheduler, t) if decomposing else None  # before step() moves the scheduler's index
+        alpha = alpha_bar(scheduler, t)  # before step() moves the scheduler's index
         steps = [_lane_step(lane, plan, lane.request.settings_at(i), lane_preds, latents, scaled, alpha, prediction_type)
                  for lane, plan, lane_preds in zip(lanes, plans, preds)]
         output = scheduler.step(torch.cat([s.noise_pred for s in steps]), t, latents, **extra)  # once: it keeps state

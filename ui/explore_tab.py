@@ -33,7 +33,7 @@ from pipeline.request import MAX_WEIGHTED_PROMPTS, SIZE_MULTIPLE
 from pipeline.schedules import guidance_scales
 from pipeline.uploads import load_image
 
-from . import render
+from . import guidance_plot, render
 from .controls import (
     BY_LABEL,
     CONTROL_NAMES,
@@ -45,8 +45,9 @@ from .controls import (
     settings_from_query,
     settings_from_request,
 )
-from .fields import FieldCheckbox, FieldDropdown, FieldFile, FieldImage, FieldNumber, FieldRadio, FieldSlider, FieldTextbox
+from .fields import FieldCheckbox, FieldDropdown, FieldFile, FieldImage, FieldNumber, FieldRadio, FieldSlider, FieldTextbox, REFUSALS, refused
 from .handlers import Handlers, gpu, gr_error, request_gpu_seconds, takes_controls
+from .served import ServedGallery
 from .streaming import History, Run
 from .whatif import WhatIfPanel, build_whatif, wire_whatif
 
@@ -154,13 +155,18 @@ class Explore:
         except ValueError as exc:
             raise gr_error(exc) from exc
 
+    def explain_refused(self, request: gr.Request) -> tuple:
+        """`explain_invalid` for the session's newest refused value, as the server kept it (`ui.fields.REFUSALS`)."""
+        return self.explain_invalid(REFUSALS.take(getattr(request, "session_hash", None)))
+
     def explain_invalid(self, message: str | None) -> tuple:
         """After a refused run: the status says nothing ran and why; the control named is marked, its group opened.
-        `message` is the error as the page showed it ("Seed: must be ..."), read back from the page."""
+        `message` is the error as the page showed it ("Seed: must be ...")."""
         message = (message or "").strip()
         label = message.split(":", 1)[0].strip() if ":" in message else ""
         names = [BY_LABEL[label]] if BY_LABEL.get(label) in CONTROL_NAMES else []
-        style = "".join(f"#ctl-{name}{{outline:2px solid var(--error-border-color, #ef4444);outline-offset:2px}}"
+        # inside the block: a control in a row is clipped by the row's box, which hid an outline drawn outside it
+        style = "".join(f"#ctl-{name}{{outline:2px solid var(--error-border-color, #ef4444);outline-offset:-2px}}"
                         for name in names)
         groups = {GROUP_TITLES[CONTROL_GROUPS[n]] for n in names if n in CONTROL_GROUPS}
         return (render.nothing_ran(message), f"<style>{style}</style>" if style else "",
@@ -182,8 +188,11 @@ class Explore:
         request, history = run.request, run.history
         seeds, total = request.seeds, run.history.total
 
-        def plot():
-            return render.norm_table(history.norms, seeds, total)
+        def plot(**labels):
+            """The guidance-size plot, hidden while it has no point. It is never sent an empty (or null) table: once
+            drawn, a plot given one warns of an "infinite extent" in the console at its next data (measured)."""
+            data = guidance_plot.table(history.norms, seeds)
+            return gr.update(visible=False, **labels) if data.empty else gr.update(value=data, visible=True, **labels)
 
         def slider(step: int, total: int):
             """The Revisit step slider over the steps that have previews; hidden when there are none."""
@@ -195,10 +204,11 @@ class Explore:
         decomposed = request.decompose_seed is not None
         # A new run clears what belonged to the last one: its plot, files, and step history.
         yield self._out(
-            status=intro or render.starting(request), step_slider=gr.update(visible=False), norm_plot=plot(), downloads=None,
+            status=intro or render.starting(request), step_slider=gr.update(visible=False),
+            norm_plot=plot(**guidance_plot.labels(request.mode)), downloads=None,
             history=None, decomposition=gr.update(value=[], visible=decomposed), final_btn=gr.update(visible=False),
             run_id=run_id,
-            norm_note=render.norm_note(request.mode),
+            norm_note=guidance_plot.note(request),
             decomposition_note=gr.update(
                 value=render.decomposition_note(request.decompose_seed, None, total, None, request.mode) if decomposed else "",
                 visible=decomposed),
@@ -219,6 +229,8 @@ class Explore:
                     note = render.decomposition_note(request.decompose_seed, frame.step, frame.total, frame.decomposition,
                                                      request.mode)
                 if frame.images is not None:
+                    if decomposed:
+                        decomposition, note = self._most_different(history)
                     paths = self._save(request, frame.images)
                     history.finals = [str(p) for p in paths]
                     yield self._out(
@@ -276,13 +288,21 @@ class Explore:
         if history is None or not history.finals:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.update(visible=False)
         gallery = [(path, render.caption(s)) for path, s in zip(history.finals, history.seeds)]
-        last = max(history.decompositions, default=None)
-        decomposition = note = gr.skip()
-        if history.decompose_seed is not None and last is not None:
-            parts = history.decomposition_at(last)
-            decomposition = render.decomposition_gallery(parts)
-            note = render.decomposition_note(history.decompose_seed, last, history.total, parts, history.mode)
+        decomposition, note = self._most_different(history)
         return gallery, gr.update(value=history.total), decomposition, note, gr.update(visible=False)
+
+    @staticmethod
+    def _most_different(history: History) -> tuple:
+        """With the final images, the decomposition at the step where its parts differ most, and the note why:
+        by the last step the three x̂₀ have become one picture."""
+        step = history.most_different()
+        if history.decompose_seed is None or step is None:
+            return gr.skip(), gr.skip()
+        parts = history.decomposition_at(step)
+        last = max(history.decompositions)
+        note = render.decomposition_note(history.decompose_seed, step, history.total, parts, history.mode)
+        note += " " + render.most_different(step, history.spreads.get(step, 0.0), last, history.spreads.get(last, 0.0))
+        return render.decomposition_gallery(parts), note
 
     def describe_mode(self, mode: str):
         """The formula, which mode-specific controls to show, and which shared controls the mode ignores."""
@@ -375,8 +395,8 @@ class Explore:
     def load_preset(self, index: int, before: dict[str, Any] | None = None) -> tuple:
         """(the controls, the preset's teaching text, what changed, the groups to open)."""
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.presets):
-            raise gr.Error(f"Presets: choose one of the {len(self.presets)} presets (an index from 0 to "
-                           f"{len(self.presets) - 1}), got {str(index)[:40]!r}", title="Invalid input")
+            raise refused(f"Presets: choose one of the {len(self.presets)} presets (an index from 0 to "
+                           f"{len(self.presets) - 1}), got {str(index)[:40]!r}")
         preset = self.presets[index]
         toy = is_toy(self.pipe)
         request, description = preset.for_model(toy=toy)
@@ -396,7 +416,7 @@ class Explore:
         try:
             request, seed = read_settings(path)
         except ValueError as exc:  # the file is the field: say so, then what is wrong inside it
-            raise gr.Error(f"{PNG_LABEL}: {gr_error(exc).message}", title="Invalid input") from exc
+            raise refused(f"{PNG_LABEL}: {gr_error(exc).message}") from exc
         settings = settings_from_request(request)
         note, *groups = self.changes(before, settings)
         note = f"Restored the settings of {Path(path).name} (seed {seed}). {note}"
@@ -571,7 +591,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
             out["clear_start"] = gr.Button("Forget the inverted noise", visible=False, size="sm")
             out["fork_note"] = gr.Markdown(elem_id="fork-note")  # set when a restored PNG is a fork's
             out["clear_fork"] = gr.Button("Forget the fork path", visible=False, size="sm")
-            out["gallery"] = gr.Gallery(
+            out["gallery"] = ServedGallery(
                 label="Images", columns=4, format="jpeg", object_fit="contain", height=GALLERY_HEIGHT,
                 buttons=["download", "fullscreen"], elem_id="images",
             )
@@ -583,19 +603,19 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                 out["final_btn"] = gr.Button("Final images", visible=False, size="sm", scale=1, min_width=100)
             out["whatif"] = build_whatif(explore)
             out["decomposition_note"] = gr.Markdown(visible=False, elem_id="decomposition-note")
-            out["decomposition"] = gr.Gallery(
+            out["decomposition"] = ServedGallery(
                 label="Decomposition", show_label=False, columns=4, format="jpeg", object_fit="contain",
                 height=230, elem_id="decomposition", visible=False,
             )
             out["norm_note"] = gr.Markdown(elem_id="norm-note")
             out["norm_plot"] = gr.LinePlot(
-                x="step", y="guidance_norm", color="seed", label="Guidance vector size ‖ε_c − ε_u‖ per step",
-                x_title="step", y_title="‖ε_c − ε_u‖", sort=[], height=300, elem_id="norm-plot",
+                x="step", y=guidance_plot.Y, color="seed", **guidance_plot.labels("cfg"), x_title="step", sort=[],
+                height=300, elem_id="norm-plot", visible=False,  # shown with its first point
             )
             out["downloads"] = gr.File(label="Final PNGs, settings embedded (restore them under Links and saved settings)",
                                        file_count="multiple", interactive=False, elem_id="downloads", height=110)
-    out["error_text"] = gr.Textbox(visible=False)  # carries a refused run's message back to the server
-    out["invalid_style"] = gr.HTML("", elem_id="invalid-style", padding=False)  # marks the control it names
+    out["invalid_style"] = gr.HTML("", elem_id="invalid-style", padding=False,  # marks the control it names
+                                   js_on_load=KEEP_TYPED_VALUES)
     out["history"] = gr.State(None)
     out["fork_path"] = gr.State(None)  # a restored fork PNG's path (GenerationRequest.forks), replayed by Generate
     out["before"] = gr.State(None)  # the controls just before a preset, PNG or link replaced them
@@ -604,9 +624,14 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
     return c, out
 
 
-# Reads the newest error message the page showed (a toast), so the status can repeat it and mark the control.
-READ_ERROR = """() => { const t = [...document.querySelectorAll('.toast-message-text.error')].pop();
-    return t ? t.innerText : ''; }"""
+# Gradio's slider clamps a typed value into its range when its number box loses focus (Math.min/max in its
+# blur handler), so Steps 0 became 1 and the next Generate ran with a value nobody chose. The app checks every
+# value itself and names the control (`ui.fields`): this keeps what was typed, by stopping the slider's blur
+# handler from seeing the event (a listener on `window` in the capture phase runs before the input's own).
+KEEP_TYPED_VALUES = """if (!window.cfgKeepTypedValues) { window.cfgKeepTypedValues = true;
+    window.addEventListener('blur', (e) => { const t = e.target;
+        if (t instanceof HTMLInputElement && t.type === 'number' && t.closest('.block')?.querySelector('input[type=range]'))
+            e.stopImmediatePropagation(); }, true); }"""
 COPY_LINK = """async (link) => {
     if (!link) return '';
     try { await navigator.clipboard.writeText(link); return '✓ Copied the link to the clipboard.'; }
@@ -619,9 +644,10 @@ def wire_explore(demo: gr.Blocks, explore: Explore, c: dict, out: dict, start_la
     groups = [out[f"group_{key}"] for key in GROUP_TITLES]
     run_inputs = controls + [c["init_image"], start_latents, out["fork_path"]]
     # The page checks the controls first, in an event with no outputs: a refused value raises there, so the
-    # last run's images, slider and plot stay as they were instead of turning into error badges.
+    # last run's images, slider and plot stay as they were instead of turning into error badges. Queued: an
+    # event run outside the queue answers an error with HTTP 500, which the browser logs as a failed request.
     check = out["generate"].click(explore.bound("check_run"), inputs=run_inputs, api_visibility="private",
-                                  queue=False, show_progress="hidden")
+                                  show_progress="hidden")
     check.success(lambda: "", outputs=out["invalid_style"], api_visibility="private", queue=False,
                   show_progress="hidden")
     generated = check.success(
@@ -630,8 +656,8 @@ def wire_explore(demo: gr.Blocks, explore: Explore, c: dict, out: dict, start_la
     )
     wire_whatif(explore, WhatIfPanel(explore), out["whatif"], c, out, check, generated,
                 [out[name] for name in GENERATE_OUTPUTS])
-    check.failure(explore.explain_invalid, inputs=out["error_text"], outputs=[out["status"], out["invalid_style"], *groups],
-                  js=READ_ERROR, api_visibility="private", queue=False, show_progress="hidden")
+    check.failure(explore.explain_refused, outputs=[out["status"], out["invalid_style"], *groups],
+                  api_visibility="private", queue=False, show_progress="hidden")
     # Stop ends the run server-side; the run's own stream then says where it stopped (see Explore.stop).
     out["stop"].click(explore.stop, inputs=out["run_id"], api_name="stop", queue=False)
     revisit = [out["gallery"], out["decomposition"], out["decomposition_note"], out["final_btn"]]

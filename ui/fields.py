@@ -9,13 +9,45 @@ first, as `ui.controls.read` does for the control with their label, and put thei
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 
 import gradio as gr
 
 from pipeline import RequestError
 
 from .controls import BY_LABEL, check_text, read
+
+logger = logging.getLogger(__name__)
+
+
+def refused(message: str) -> gr.Error:
+    """The error for a value the app does not take: shown on the page like any `gr.Error`, but an expected
+    outcome, so the server logs one line for it (`NamedErrorBlocks.process_api`), not a traceback."""
+    return gr.Error(message, title="Invalid input", print_exception=False)
+
+
+class Refusals:
+    """Each session's newest refused value, kept by the server so that the event after a refused one can say
+    which control it was (the page's toast, read back in the browser, could be late or stale)."""
+
+    def __init__(self, kept: int = 1_000) -> None:
+        self.kept, self._lock, self._last = kept, threading.Lock(), {}
+
+    def keep(self, session: str | None, message: str) -> None:
+        with self._lock:
+            self._last.pop(session or "", None)
+            self._last[session or ""] = message
+            while len(self._last) > self.kept:
+                self._last.pop(next(iter(self._last)))
+
+    def take(self, session: str | None) -> str:
+        with self._lock:
+            return self._last.pop(session or "", "")
+
+
+REFUSALS = Refusals()
 
 
 class NamedErrors:
@@ -40,14 +72,14 @@ class NamedErrors:
         try:
             return super().preprocess(self.check(payload))
         except RequestError as exc:
-            raise gr.Error(f"{self.label}: {exc.detail}", title="Invalid input") from None
+            raise refused(f"{self.label}: {exc.detail}") from None
         except gr.Error as exc:
             detail = exc.message
             if getattr(self, "minimum", None) is not None or getattr(self, "maximum", None) is not None:
                 detail = f"must be from {self.minimum} to {self.maximum}, got {payload}"
-            raise gr.Error(f"{self.label}: {detail}", title="Invalid input") from None
+            raise refused(f"{self.label}: {detail}") from None
         except (TypeError, ValueError, OverflowError) as exc:
-            raise gr.Error(f"{self.label}: cannot use {str(payload)[:40]!r} ({exc})"[:300], title="Invalid input") from None
+            raise refused(f"{self.label}: cannot use {str(payload)[:40]!r} ({exc})"[:300]) from None
 
 
 class _Number(NamedErrors):
@@ -112,8 +144,7 @@ class FieldImage(NamedErrors, gr.Image):
         except gr.Error:
             raise
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a file that is not an image
-            raise gr.Error(f"{self.label}: is not an image this app can read ({type(exc).__name__})",
-                           title="Invalid input") from None
+            raise refused(f"{self.label}: is not an image this app can read ({type(exc).__name__})") from None
 
 
 class FieldFile(NamedErrors, gr.File):
@@ -139,5 +170,24 @@ class NamedErrorBlocks(gr.Blocks):
             if len(files) != 1:
                 raise
             detail = str(exc).splitlines()[0][:160]
-            raise gr.Error(f"{files[0].label}: must be a file uploaded to this app ({detail})",
-                           title="Invalid input") from None
+            raise refused(f"{files[0].label}: must be a file uploaded to this app ({detail})") from None
+
+    # Events that only describe the controls as they change (a plot of the schedule, a note): a value they
+    # refuse is said once, by Generate (its status line, the control outlined and a message), not by a message
+    # per keystroke from each of them.
+    QUIET = ("describe_", "count_tokens", "follow_seed")
+
+    async def process_api(self, block_fn, *args, **kwargs):
+        """Refused values, wherever raised (a control's own check or a handler), are logged in one line and kept
+        for the session (`REFUSALS`)."""
+        try:
+            return await super().process_api(block_fn, *args, **kwargs)
+        except gr.Error as exc:
+            if exc.print_exception:
+                raise
+            logger.info("refused: %s", exc.message)
+            REFUSALS.keep(kwargs.get("session_hash"), exc.message)
+            fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
+            if (getattr(fn, "api_name", None) or "").startswith(self.QUIET):
+                raise gr.Error(exc.message, title=exc.title, visible=False, print_exception=False) from None
+            raise

@@ -29,6 +29,7 @@ from pipeline.memory import free_cache, is_out_of_memory, out_of_memory_message
 from pipeline.presets import Preset
 
 from .controls import CONTROL_NAMES, label_of
+from .fields import refused
 from .storage import InstanceStorage
 
 logger = logging.getLogger(__name__)
@@ -166,8 +167,8 @@ def gr_error(exc: Exception, labels: dict[str, str] | None = None, memory: str |
         return gr.Error(out_of_memory_message(memory), title="Out of memory")
     if isinstance(exc, RequestError):
         label = (labels or {}).get(exc.field) or label_of(exc.field)
-        return gr.Error(f"{label}: {exc.detail}", title="Invalid input")
-    return gr.Error(str(exc), title="Invalid input" if isinstance(exc, ValueError) else "Generation failed")
+        return refused(f"{label}: {exc.detail}")
+    return refused(str(exc)) if isinstance(exc, ValueError) else gr.Error(str(exc), title="Generation failed")
 
 
 # What-if caches (pipeline.whatif.RunCache): each run may keep up to WHATIF_RUN_BYTES of its predictions (30 steps

@@ -19,8 +19,9 @@ from pipeline.request import STEPS_RANGE
 
 from . import render
 from .controls import CONTROL_NAMES, TAB_CONTROLS
-from .fields import FieldImage, FieldSlider, FieldTextbox
+from .fields import FieldImage, FieldSlider, FieldTextbox, refused
 from .handlers import gpu, gpu_seconds, gr_error
+from .served import ServedImage
 
 CURVE_STEPS = "5, 10, 25, 50"
 MAX_CURVE_POINTS = 8  # steps values per curve; each costs an inversion and a reconstruction per scale
@@ -54,16 +55,16 @@ def parse_curve_steps(text: str) -> tuple[int, ...]:
     items = [item.strip() for item in (text or "").split(",") if item.strip()]
     lo, hi = STEPS_RANGE
     if not items:
-        raise gr.Error("Curve steps: give at least one number of steps, e.g. 5, 10, 25, 50", title="Invalid input")
+        raise refused("Curve steps: give at least one number of steps, e.g. 5, 10, 25, 50")
     if len(items) > MAX_CURVE_POINTS:
-        raise gr.Error(f"Curve steps: at most {MAX_CURVE_POINTS} values, got {len(items)}", title="Invalid input")
+        raise refused(f"Curve steps: at most {MAX_CURVE_POINTS} values, got {len(items)}")
     try:
         steps = tuple(int(item) for item in items)
     except ValueError:
-        raise gr.Error(f"Curve steps: must be whole numbers, got {text!r}", title="Invalid input") from None
+        raise refused(f"Curve steps: must be whole numbers, got {text!r}") from None
     bad = [n for n in steps if not lo <= n <= hi]
     if bad:
-        raise gr.Error(f"Curve steps: each must be from {lo} to {hi}, got {bad[0]}", title="Invalid input")
+        raise refused(f"Curve steps: each must be from {lo} to {hi}, got {bad[0]}")
     return tuple(sorted(set(steps)))
 
 
@@ -102,7 +103,7 @@ class Inversions:
     def _image(source) -> Image.Image:
         """The upload, size-checked from its header before decoding, as RGB."""
         if source is None:
-            raise gr.Error("Image to invert: upload an image to invert", title="Invalid input")
+            raise refused("Image to invert: upload an image to invert")
         try:
             return load_image(source, "image")
         except RequestError as exc:
@@ -230,9 +231,9 @@ def build_invert_tab(handlers, targets: dict, start_latents: gr.State, explore=N
             result = gr.Markdown("Upload an image and press **Invert**.", label="Inversion result",
                                  elem_id="invert-result")
             with gr.Row():
-                noise = gr.Image(label="Recovered noise", interactive=False, format="png", elem_id="invert-noise",
+                noise = ServedImage(label="Recovered noise", interactive=False, format="png", elem_id="invert-noise",
                                  buttons=["download", "fullscreen"])
-                reconstruction = gr.Image(label="Reconstruction", interactive=False, format="png",
+                reconstruction = ServedImage(label="Reconstruction", interactive=False, format="png",
                                           elem_id="invert-reconstruction", buttons=["download", "fullscreen"])
     with gr.Accordion("Reconstruction error vs steps", open=True):
         with gr.Row():

@@ -187,32 +187,17 @@ def decomposition_note(seed: int, step: int | None, total: int, parts: list | No
     return line
 
 
+def most_different(step: int, spread: float, last: int, last_spread: float) -> str:
+    """Why the decomposition opens at `step` once a run is done (`History.most_different`)."""
+    if step == last:
+        return f"Step {step} is where they differ most (RMS {spread:.3f} in the latent)."
+    return (f"**Opened at step {step}, where the three x̂₀ differ most** (RMS {spread:.3f} in the latent; at step "
+            f"{last}, {last_spread:.3f}): guidance decides the picture early, and by the end the estimates agree. "
+            "Move **Revisit step** to see the others.")
+
+
 def caption(seed: int, step: int | None = None, total: int | None = None) -> str:
     return f"seed {seed}" if step is None else f"seed {seed} · step {step}/{total}"
-
-
-def step_ticks(total: int) -> list[str]:
-    """The guidance-size plot's x categories: every step as text, so the axis shows whole steps only."""
-    return [str(step) for step in range(1, total + 1)]
-
-
-def norm_table(norms: dict[int, list[float]], seeds: tuple[int, ...], total: int | None = None) -> pd.DataFrame:
-    """Long-format table for the guidance-size plot: one line per seed.
-
-    Every step of the run is listed from the start (the size empty until measured), so the axis spans the whole
-    run while its points fill in; the page also fixes a plot's series from the first table it draws.
-    """
-    steps = range(1, total + 1) if total else sorted(norms)
-    rows = [
-        {"step": str(step), "guidance_norm": norms[step][i] if step in norms else None, "seed": str(seed)}
-        for step in steps
-        for i, seed in enumerate(seeds)
-    ]
-    return pd.DataFrame(rows, columns=["step", "guidance_norm", "seed"]).astype({"guidance_norm": "float64"})
-
-
-def norm_note(mode: str) -> str:
-    return ONE_PREDICTION.get(mode, "")
 
 
 def describe_changes(before: dict | None, after: dict, labels: dict[str, str], groups: dict[str, str]) -> str:

@@ -20,6 +20,7 @@ from PIL import Image, ImageChops
 from torch import Tensor
 
 from pipeline import GenerationRequest, RunCache, generate
+from pipeline.decompose import spread
 from pipeline.loop import StepEvent
 from pipeline.previews import PreviewDecoder
 from pipeline.whatif import path_name
@@ -37,7 +38,7 @@ class Frame:
     total: int
     elapsed: float  # seconds since the run started, model time only
     previews: list[Image.Image] | None = None
-    guidance_norm: list[float] | None = None
+    guidance_x0: list[float] | None = None  # the guidance vector's size in x̂₀ per seed (StepEvent.guidance_x0)
     images: list[Image.Image] | None = None  # full-size, on the final frame only
     decomposition: list[Image.Image | None] | None = None  # unconditional, conditional, guided, difference
     unet_chunks: int = 1  # UNet calls the step took: more than 1 where its batch did not fit in memory at once
@@ -59,8 +60,9 @@ class History:
     mode: str = "cfg"  # the run's guidance mode, to explain the decomposition's missing panels
     finals: list[str] = field(default_factory=list)  # the final PNGs' paths, once the run is done
     frames: dict[int, list[bytes]] = field(default_factory=dict)
-    norms: dict[int, list[float]] = field(default_factory=dict)  # per step: ||eps_c - eps_u|| per seed
+    norms: dict[int, list[float]] = field(default_factory=dict)  # per step: RMS x0(eps_c) - x0(eps_u) per seed
     decompositions: dict[int, list[bytes | None]] = field(default_factory=dict)
+    spreads: dict[int, float] = field(default_factory=dict)  # per kept decomposition: how far apart its x̂₀ are
     whatif: RunCache | None = None  # the run's predictions by step, for the what-if panel and forks (ui/whatif.py)
 
     @property
@@ -91,13 +93,22 @@ class History:
         return None if data is None else Image.open(io.BytesIO(data))
 
     def add(self, step: int, total: int, previews: list[Image.Image], index: int,
-            decomposition: list[Image.Image | None] | None = None) -> None:
+            decomposition: list[Image.Image | None] | None = None, spread: float = 0.0) -> None:
+        """`spread`: how far apart the decomposition's x̂₀ are (`pipeline.decompose.spread`)."""
         self.total = total
         if index % self.every and step != total:
             return
         self.frames[step] = [self._encode(image) for image in previews]
         if decomposition is not None:
             self.decompositions[step] = [self._encode(image) for image in decomposition]
+            self.spreads[step] = spread
+
+    def most_different(self) -> int | None:
+        """The kept step whose decomposition's parts differ most (the earliest of equals); None without any.
+        At the last step the three x̂₀ have converged to one picture: the differences are early."""
+        if not self.decompositions:
+            return None
+        return max(sorted(self.decompositions), key=lambda step: self.spreads.get(step, 0.0))
 
     def nearest(self, step: int) -> tuple[int, list[Image.Image]] | None:
         if not self.frames:
@@ -176,9 +187,11 @@ class Run:
                 if event.step % self.preview_every == 0 or event.is_final:
                     previews = self.decoder(self.source(event))
                     decomposition = self._decompose(event)
-                    self.history.add(event.step, event.total, previews, previewed, decomposition)
+                    parts = event.decomposition
+                    self.history.add(event.step, event.total, previews, previewed, decomposition,
+                                     spread(parts) if parts is not None else 0.0)
                     previewed += 1
-                norms = None if event.guidance_norm is None else [float(n) for n in event.guidance_norm]
+                norms = None if event.guidance_x0 is None else [float(n) for n in event.guidance_x0]
                 if norms is not None:
                     self.history.norms[event.step] = norms
                 images = list(event.images) if event.images is not None else None

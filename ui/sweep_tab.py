@@ -20,9 +20,10 @@ from pipeline.request import GUIDANCE_SCALE_RANGE, SEED_RANGE
 from pipeline.loop import plan_passes
 from pipeline.sweep import AXES, MAX_CELLS, Axis, batches, run_sweep, sweep_cells
 
-from .fields import FieldDropdown, FieldTextbox
+from .fields import FieldDropdown, FieldTextbox, refused
 from .controls import CONTROL_NAMES, label_of, request_from_settings
 from .handlers import gpu, gpu_seconds, gr_error, takes_controls
+from .served import ServedGallery
 
 CELL_SIZE = 512  # the Cells gallery shows JPEG thumbnails; the grid PNG keeps full size
 SWEEP_OUTPUTS = ("status", "grid", "cells", "run_id")
@@ -87,14 +88,14 @@ class Sweeps:
         try:
             base = request_from_settings(dict(zip(CONTROL_NAMES, values)))
         except RequestError as exc:
-            raise gr.Error(f"Explore settings: {label_of(exc.field)}: {exc.detail}", title="Invalid input") from exc
+            raise refused(f"Explore settings: {label_of(exc.field)}: {exc.detail}") from exc
         axes = []
         for which, name, text in (("X", x_axis, x_values), ("Y", y_axis, y_values)):
             try:
                 axes.append(Axis.parse(name, text or ""))
             except RequestError as exc:
                 field = f"{which} axis" if exc.field == "sweep_axis" else f"{which} values"
-                raise gr.Error(f"{field}: {exc}", title="Invalid input") from exc
+                raise refused(f"{field}: {exc}") from exc
         x, y = axes
         try:
             cells = sweep_cells(base, x, y)
@@ -104,7 +105,7 @@ class Sweeps:
             axis = AXIS_OF_FIELD.get(exc.field, exc.field)
             where = {"sweep_axis": "Y axis", "sweep": "X values × Y values", x.name: "X values",
                      y.name: "Y values"}.get(axis, "Explore settings")
-            raise gr.Error(f"{where}: {exc}", title="Invalid input") from exc
+            raise refused(f"{where}: {exc}") from exc
         return base, x, y, len(cells), len(batches(cells))
 
     def sweep(self, *values: Any, x_axis: str = "guidance_scale", x_values: str = "", y_axis: str = "seed",
@@ -204,7 +205,7 @@ def build_sweep_tab(handlers, controls: list) -> None:
                             buttons=["download", "fullscreen"], elem_id="sweep-grid")
             # the running sweep's id, from the first update of its stream: Stop sweep sends it back
             run_id = gr.Textbox(label="Sweep run id", visible=False)
-            cells = gr.Gallery(label="Cells", columns=4, format="jpeg", object_fit="contain", height="auto",
+            cells = ServedGallery(label="Cells", columns=4, format="jpeg", object_fit="contain", height="auto",
                                buttons=["download", "fullscreen"], elem_id="sweep-cells")
 
     x_axis.input(sweeps.describe_axis, inputs=x_axis, outputs=x_values, api_name="describe_x_axis")

@@ -25,6 +25,7 @@ from .controls import read
 from .fields import FieldDropdown, FieldRadio, FieldSlider
 from .handlers import gr_error
 from .streaming import History, Run
+from .served import ServedGallery
 
 if TYPE_CHECKING:
     from .explore_tab import Explore
@@ -132,6 +133,7 @@ class WhatIfPanel:
             frames={s: f for s, f in history.frames.items() if s <= step},
             norms={s: n for s, n in history.norms.items() if s <= step},
             decompositions={s: d for s, d in history.decompositions.items() if s <= step},
+            spreads={s: d for s, d in history.spreads.items() if s <= step},
         )
         run = Run(self.explore.pipe, child.request, decode, every, source=lambda event: getattr(event, source),
                   cache=child, events=lambda: fork(self.explore.pipe, parent, step, new), history=forked, start=step)
@@ -170,7 +172,7 @@ def build_whatif(explore: Explore) -> dict[str, Any]:
                                       info="Recombines the step's cached predictions: no UNet call, no queue.")
             ui["mode"] = FieldDropdown(render.MODE_CHOICES, value="cfg", label="What-if mode", scale=2, min_width=160,
                                        info="Modes this run's predictions allow.")
-        ui["gallery"] = gr.Gallery(label="What-if x̂₀ and Δ from the run's", columns=4, format="jpeg", object_fit="contain", height=200, elem_id="whatif")
+        ui["gallery"] = ServedGallery(label="What-if x̂₀ and Δ from the run's", columns=4, format="jpeg", object_fit="contain", height=200, elem_id="whatif")
         ui["summary"] = gr.Markdown(NOTHING, elem_id="whatif-summary")
         with gr.Row(equal_height=False):
             ui["fork"] = gr.Button("Continue from this step", scale=1, min_width=160, elem_id="whatif-fork")

@@ -1,5 +1,6 @@
 """The app's API, driven by gradio_client against a live server on the tiny model."""
 
+import logging
 import threading
 import time
 
@@ -143,6 +144,22 @@ def test_bad_input_names_the_field_and_the_app_keeps_serving(client, changes, fi
     assert error is not None and field in str(error), error
     job, outputs = run(client, steps=2, num_seeds=1)
     assert job.exception() is None and "Done" in outputs[-1][1]
+
+
+@pytest.mark.parametrize("changes", [dict(steps=0), dict(seed=None), dict(width=100)])
+def test_a_refused_value_logs_one_line_and_no_traceback(client, capfd, caplog, changes):
+    """A refused value is an expected outcome: it wrote a traceback per refusal to the server's log (issue 18,
+    point 15). Whether a control's own check refuses it (Steps 0, no Seed) or the library does (Width 100)."""
+    caplog.set_level(logging.INFO, logger="ui.fields")
+    capfd.readouterr()
+    job = client.submit(**{**SMALL, "steps": 2, **changes}, api_name="/generate")
+    list(job)
+    assert job.exception() is not None
+    time.sleep(0.5)  # the server logs as it answers; the client may have the answer first
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err[-2000:]
+    refused = [r.getMessage() for r in caplog.records if r.name == "ui.fields"]
+    assert len(refused) == 1 and refused[0].startswith("refused: ") and "\n" not in refused[0], refused
 
 
 def test_two_concurrent_clients_get_their_own_seeds(server):

@@ -152,6 +152,17 @@ def test_truncation_report(tiny_pipe):
     assert [(t.field, t.encoder) for t in only_second] == [("prompt_2", "text_encoder_2")]
 
 
+def test_truncation_quotes_the_dropped_words_with_their_spaces(toy_pipe):
+    """The toy's words are whole-word tokens: decoding the dropped ones printed "circleredcirclered..."."""
+    long = "red circle, " * 60  # 3 tokens each: 180 of the 77 slots
+    report = truncations(toy_pipe, prompt=long, prompt_2="")
+    kept = toy_pipe.tokenizer.model_max_length - 2
+    assert [t.dropped_tokens for t in report] == [180 - kept] * 2
+    quoted = report[0].dropped_text
+    assert quoted == "red circle, " * ((180 - kept) // 3)  # 75 tokens kept: 25 "red circle," and 35 dropped
+    assert "circlered" not in quoted
+
+
 def test_unknown_scheduler_names_the_field_and_the_choices(tiny_pipe):
     with pytest.raises(ValueError) as info:
         make_scheduler(tiny_pipe, "heun")

@@ -1,0 +1,145 @@
+"""Issue 18 in Chromium, on the toy world: decomposition images always load (point 2), a refused value neither
+runs nor is clamped and is named and outlined (point 4), and a refused value and a full run leave no 500, no
+console error and no "Infinite extent" chart warning (point 15).
+
+    python -m pytest tests/browser/test_refusals_browser.py -q
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.browser import test_browser
+from tests.browser.test_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TIMEOUT_MS,
+    block,
+    captions,
+    configure,
+    free_port,
+    log_status,
+    now_ms,
+    open_group,
+    screenshot,
+    status_log,
+    status_text,
+    wait_for_captions,
+    wait_for_status_log,
+    wait_for_text,
+)
+
+pytestmark = test_browser.pytestmark
+
+ALL_LOADED = "() => [...document.querySelectorAll('#decomposition img, #images img')].every(i => i.complete)"
+DECOMPOSITION_SIZES = "() => [...document.querySelectorAll('#decomposition img')].map(i => i.naturalWidth)"
+# what each kind of defect looked like in the console
+BAD_CONSOLE = ("Infinite extent", "status of 500", "CONTENT_LENGTH")
+
+
+@pytest.fixture(scope="module")
+def toy_app(tmp_path_factory):
+    import pipeline.presets
+    import ui
+    from pipeline.models import ToyPreviewDecoder
+    from playwright.sync_api import sync_playwright
+    from ui import render
+
+    pipe = pipeline.toy_pipeline()
+    handlers = ui.Handlers(pipe, taesd=ToyPreviewDecoder(pipe.vae), model_name="toy",
+                           presets=pipeline.presets.load_presets(), output_dir=tmp_path_factory.mktemp("outputs"))
+    demo = ui.build_demo(handlers, banner=render.banner("toy", None),
+                         default_size=pipe.default_sample_size * pipe.vae_scale_factor)
+    demo.queue()
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                yield browser, f"http://127.0.0.1:{port}/"
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def page(toy_app):
+    """A fresh page; what the console and the network reported, in `page.problems`."""
+    browser, url = toy_app
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.problems = []
+    page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}")
+            if m.type in ("error", "warning") and "Vega-Lite v5" not in m.text and "zero" not in m.text else None)
+    page.on("response", lambda r: page.problems.append(f"status of {r.status}: {r.url}") if r.status >= 400 else None)
+    page.on("requestfailed", lambda r: page.problems.append(f"failed {r.failure}: {r.url}")
+            if "ABORTED" not in (r.failure or "") else None)  # an image replaced by the next frame is aborted
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_role("button", name="Generate", exact=True).wait_for()
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=status-tracker]:not(.hide)').length === 0")
+    log_status(page)
+    yield page
+    page.close()
+
+
+def generate_and_wait(page, steps: int) -> None:
+    since = now_ms(page)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    wait_for_status_log(page, rf"Done: step {steps}/{steps}", since)
+    page.wait_for_function(ALL_LOADED)
+
+
+def test_every_decomposition_image_loads_over_several_runs(page):
+    configure(page, steps=12, seeds=4)
+    open_group(page, "Previews and decomposition")
+    page.get_by_label("Decomposition view").check()
+    for run in range(4):
+        generate_and_wait(page, 12)
+        sizes = page.evaluate(DECOMPOSITION_SIZES)
+        assert len(sizes) == 4 and all(size > 0 for size in sizes), f"run {run + 1}: broken panels {sizes}"
+    note = page.locator("#decomposition-note").inner_text()
+    assert "Opened at step" in note and "differ most" in note
+    screenshot(page, "refusals-1-decomposition.png")
+    assert not [p for p in page.problems if any(bad in p for bad in BAD_CONSOLE) or "failed" in p], page.problems
+
+
+def test_steps_0_is_refused_not_clamped_and_the_results_stay(page):
+    configure(page, steps=6, seeds=2)
+    generate_and_wait(page, 6)
+    wait_for_captions(page, ["seed 1", "seed 2"])
+    images = page.evaluate("() => [...document.querySelectorAll('#images img')].map(i => i.src)")
+    steps = block(page, "Steps").locator("input[type=number]")
+    steps.fill("0")
+    since = now_ms(page)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    wait_for_text(page, "#status", r"Nothing ran: Steps: must be a whole number from 1 to 200, got 0")
+    page.wait_for_timeout(1500)  # time for a run to start, if one wrongly did
+    assert steps.input_value() == "0", "the browser clamped Steps"
+    assert not [text for _, text in status_log(page, since) if "Starting" in text or "Denoising" in text]
+    assert captions(page) == ["seed 1", "seed 2"]
+    assert page.evaluate("() => [...document.querySelectorAll('#images img')].map(i => i.src)") == images
+    assert page.locator("#ctl-steps").evaluate("e => getComputedStyle(e).outlineStyle") == "solid"
+    screenshot(page, "refusals-2-steps-0.png")
+    steps.fill("6")
+    steps.press("Enter")
+    generate_and_wait(page, 6)  # a full run after the refusal
+    assert page.locator("#ctl-steps").evaluate("e => getComputedStyle(e).outlineStyle") == "none"
+    assert not [p for p in page.problems if any(bad in p for bad in BAD_CONSOLE) or "error" in p], page.problems
+
+
+def test_an_empty_seed_is_named_and_outlined(page):
+    seed = block(page, "Seed").locator("input[type=number]")
+    seed.fill("")
+    seed.blur()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    wait_for_text(page, "#status", r"Nothing ran: Seed: is required")
+    assert "see the message" not in status_text(page)
+    assert page.locator("#ctl-seed").evaluate("e => getComputedStyle(e).outlineStyle") == "solid"
+    assert page.locator(".toast-message-text").filter(has_text="Seed: is required").count() >= 1
+    screenshot(page, "refusals-3-empty-seed.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.locator("#status").scroll_into_view_if_needed()
+    screenshot(page, "refusals-4-empty-seed-phone.png")
+    assert not [p for p in page.problems if any(bad in p for bad in BAD_CONSOLE) or "error" in p], page.problems
