@@ -598,7 +598,8 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                     c["width"] = _control(FieldSlider, "width", default_size, step=SIZE_MULTIPLE)
                     c["height"] = _control(FieldSlider, "height", default_size, step=SIZE_MULTIPLE)
                 c["init_image"] = FieldImage(label="Start image", type="filepath", image_mode=None,
-                                             sources=["upload", "clipboard"], height=200)
+                                             sources=["upload", "clipboard"], height=200,
+                                             format="png")  # lossless: a drawn data item stays that item
                 c["strength"] = _control(FieldSlider, "strength", step=0.05,
                                          info="How much noise to add: 0 keeps the image, 1 starts from (almost) pure noise.")
                 if toy:
