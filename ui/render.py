@@ -66,8 +66,7 @@ ETA_INFO = ("DDIM's noise after the start: 0 adds none (deterministic: the start
             "1 adds fresh noise each step, as DDPM does. Neither seeks the most likely image; guidance does.")
 ADHERENCE_INFO = (
     "a: with probability 1 − a the model ignores the prompt (it learned a·p(x | prompt) + (1 − a)·p(x)). Real models "
-    "sit somewhere below 1 too, which is why they need guidance; at 1 the model is perfect, and a perfect model "
-    "needs no guidance: Conditional only then follows the prompt on every seed."
+    "sit somewhere below 1 too, hence guidance; at 1 the model is perfect and needs none."
 )
 NEGATIVE_PROMPT_NOTE = (
     "This **is the negative prompt** of other tools: diffusers' `negative_prompt` replaces the unconditional "
@@ -198,14 +197,16 @@ def decomposition_note(seed: int, step: int | None, total: int, parts: list | No
 
 
 def landing_note(landed: list, seeds: tuple[int, ...], request) -> str:
-    """Toy world, after a run: the data item each seed landed on, and for any that is not a data item, by how
-    far it missed and why (`pipeline.models.toy.landings`)."""
+    """Toy world, after a run: the data item each seed landed on; for any that is not a data item, by how far it
+    missed, and why (`pipeline.models.toy.landings`)."""
     on = [f"seed {seed}: {spot.item.caption}" for seed, spot in zip(seeds, landed) if spot.on_data]
+    off = [f"seed {seed}: not a data item (distance {spot.distance:.3g} to the nearest, {spot.item.caption})"
+           for seed, spot in zip(seeds, landed) if not spot.on_data]
     lines = [f"**Data items:** {' · '.join(on)}."] if on else []
-    why = _off_data_reason(request)
-    lines += [f"**Seed {seed}: not a data item** (distance {spot.distance:.3g} to the nearest, {spot.item.caption}; "
-              f"within {spot.bound:.2g} counts as an item): {why}."
-              for seed, spot in zip(seeds, landed) if not spot.on_data]
+    if off:
+        bound = landed[0].bound
+        lines.append(f"**{' · '.join(off)}**: {_off_data_reason(request)}. <small>(Within {bound:.2g} of an item, "
+                     "half the smallest distance between two items, an image counts as that item.)</small>")
     return "\n\n".join(lines)
 
 
