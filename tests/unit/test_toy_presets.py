@@ -32,50 +32,64 @@ def land(pipe, request: GenerationRequest, **changes) -> list[Item]:
     return [s.item for s in spots]
 
 
-def toy(stem: str) -> GenerationRequest:
-    return PRESETS[stem].for_model(toy=True)[0]
+def says(note: str, *phrases: str) -> None:
+    """The note makes these claims (word for word, whatever its line breaks); the test then checks each one."""
+    flat = " ".join(note.split())
+    for phrase in phrases:
+        assert phrase in flat, f"the note no longer says {phrase!r}: update its check here"
 
 
 def described(item: Item) -> str:
     return f"{item.size} {item.colour} {item.shape}"
 
 
-def claims_standard_cfg(pipe, r):
+def claims_standard_cfg(pipe, r, note):
+    says(note, 'On seeds 1 and 2, "red circle" gives a big and a small red circle', 'adherence 0.5',
+         'seed 2 gives a big yellow triangle; only seed 1 is still a red circle')
     assert r.prompt_adherence == 0.5 and r.seeds == (1, 2)
     assert [described(i) for i in land(pipe, r)] == ["big red circle", "small red circle"]
     cond = land(pipe, r, mode="cond_only")
     assert described(cond[0]) == "small red circle" and described(cond[1]) == "big yellow triangle"
 
 
-def claims_reversed(pipe, r):
+def claims_reversed(pipe, r, note):
+    says(note, 'a small blue triangle (seed 1) and a big yellow triangle (seed 2): no circle, and nothing red',
+         'Lower the guidance scale to 0, where the image becomes the unconditional one')
     assert [described(i) for i in land(pipe, r)] == ["small blue triangle", "big yellow triangle"]
     assert land(pipe, r, guidance_scale=0.0) == land(pipe, r, mode="uncond_only")  # scale 0: the unconditional
 
 
-def claims_negative_direction(pipe, r):
+def claims_negative_direction(pipe, r, note):
+    says(note, 'seeds 1 and 2 both give a big yellow circle', 'both circles come out blue (a small and a big one)')
     assert [described(i) for i in land(pipe, r)] == ["big yellow circle"] * 2
     assert [described(i) for i in land(pipe, r, mode="cfg")] == ["small blue circle", "big blue circle"]
 
 
-def claims_two_encoders(pipe, r):
+def claims_two_encoders(pipe, r, note):
+    says(note, 'give a big yellow circle on seed 1', 'run again on the same seed: a small blue circle')
     assert r.seeds == (1,)
     assert [described(i) for i in land(pipe, r)] == ["big yellow circle"]
     assert [described(i) for i in land(pipe, r, prompt_2="")] == ["small blue circle"]
 
 
-def claims_ddim_eta_0(pipe, r):
+def claims_ddim_eta_0(pipe, r, note):
+    says(note, 'deterministic, the starting noise alone decides the image', 'On seed 1, "circle" gives a small blue circle')
     assert r.scheduler == "ddim" and r.eta == 0 and r.seeds == (1,)
     assert [described(i) for i in land(pipe, r)] == ["small blue circle"]
     assert land(pipe, r) == land(pipe, r)  # deterministic: the same seed, the same image
 
 
-def claims_ddim_eta_1(pipe, r):
+def claims_ddim_eta_1(pipe, r, note):
+    says(note, 'On seed 1, "circle" gives a big red circle where eta 0 gave a small blue one: both are data items')
     assert r.scheduler == "ddim" and r.eta == 1 and r.seeds == (1,)
     assert [described(i) for i in land(pipe, r)] == ["big red circle"]
     assert [described(i) for i in land(pipe, r, eta=0.0)] == ["small blue circle"]
 
 
-def claims_perp_neg(pipe, r):
+def claims_perp_neg(pipe, r, note):
+    says(note, 'On seeds 1 to 8', 'red circles, triangles and two red squares (seeds 4 and 7)',
+         'no square, six red triangles and two red circles (seeds 2 and 5)',
+         'eight triangles, and two of them not red (seed 2 yellow, seed 7 blue)')
     assert r.seeds == tuple(range(1, 9))
     cfg = land(pipe, r, mode="cfg")
     assert {i.colour for i in cfg} == {"red"} and {i.shape for i in cfg} == {"circle", "triangle", "square"}
@@ -106,7 +120,8 @@ def test_every_preset_has_its_claims_checked():
 
 @pytest.mark.parametrize("stem", sorted(CLAIMS))
 def test_the_toy_note_says_what_its_seeds_show(toy_pipe, stem):
-    CLAIMS[stem](toy_pipe, toy(stem))
+    request, note = PRESETS[stem].for_model(toy=True)
+    CLAIMS[stem](toy_pipe, request, note)
 
 
 def sdxl_words(preset) -> set[str]:
