@@ -123,7 +123,8 @@ def test_preset_names_and_changed_notes_speak_the_toys_words(toy_app):
         settings = dict(zip(CONTROL_NAMES, result))
         note, changed = result[len(CONTROL_NAMES):len(CONTROL_NAMES) + 2]
         assert not unknown_words(f"{names[index][0]} {note} {changed}"), (preset.path.name, note, changed)
-        assert settings["prompt_adherence"] == preset.for_model(toy=True)[0].prompt_adherence or 0.5
+        own = preset.for_model(toy=True)[0].prompt_adherence
+        assert settings["prompt_adherence"] == (0.5 if own is None else own)  # the preset's, or the model's default
 
 
 def test_an_image_off_the_data_is_said_so_and_why(toy_app):
