@@ -65,8 +65,8 @@ UNUSED_BY_MODE = {
 ETA_INFO = ("DDIM's noise after the start: 0 adds none (deterministic: the starting noise alone decides the image), "
             "1 adds fresh noise each step, as DDPM does. Neither seeks the most likely image; guidance does.")
 ADHERENCE_INFO = (
-    "a: with probability 1 − a the model ignores the prompt (it learned a·p(x | prompt) + (1 − a)·p(x)). Real models "
-    "sit somewhere below 1 too, hence guidance; at 1 the model is perfect and needs none."
+    "a: with probability 1 − a the model ignores the prompt (it learned a·p(x | prompt) + (1 − a)·p(x)). "
+    "Real models sit somewhere below 1 too, hence guidance; at 1 the model is perfect and needs none."
 )
 NEGATIVE_PROMPT_NOTE = (
     "This **is the negative prompt** of other tools: diffusers' `negative_prompt` replaces the unconditional "

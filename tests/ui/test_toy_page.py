@@ -135,8 +135,8 @@ def test_an_image_off_the_data_is_said_so_and_why(toy_app):
               "num_seeds": 1, "prompt_adherence": 1.0}
     *_, last = explore.generate(*(values[name] for name in CONTROL_NAMES))
     status, gallery = last[1], last[0]
-    assert re.search(r"\*\*seed 1: not a data item \(distance 1\d\d to the nearest, big yellow circle, top right\)\*\*: "
-                     r"guidance extrapolated past the data", status), status
+    assert re.search(r"\*\*seed 1: not a data item \(distance 1\d\d to the nearest, big yellow circle, "
+                     r"top right\)\*\*: guidance extrapolated past the data", status), status
     assert "(Within 0.84 of an item, half the smallest distance between two items" in status
     assert [caption for _, caption in gallery] == ["seed 1 · not a data item"]
     values["prompt_adherence"] = 0.5  # the default model's baseline can pick any item: both land on one

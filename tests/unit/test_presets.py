@@ -223,7 +223,8 @@ def test_bad_toy_table_names_its_field(tmp_path, table, field):
 def test_a_toy_name_is_listed_in_the_toy_world_and_must_be_unique_there(tmp_path):
     preset = load_preset(write(tmp_path, GOOD + '\n[toy]\nname = "Red circles"\nprompt = "red circle"\n'))
     assert (preset.title(toy=False), preset.title(toy=True)) == ("Test preset", "Red circles")
-    assert load_preset(write(tmp_path, GOOD.replace("Test preset", "Plain"), "02-plain.toml")).title(toy=True) == "Plain"
+    plain = load_preset(write(tmp_path, GOOD.replace("Test preset", "Plain"), "02-plain.toml"))
+    assert plain.title(toy=True) == "Plain"
     write(tmp_path, GOOD.replace("Test preset", "Other") + '\n[toy]\nname = "Red circles"\n', "03-same.toml")
     with pytest.raises(PresetError, match="Red circles") as info:
         load_presets(tmp_path)

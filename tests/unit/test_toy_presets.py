@@ -73,7 +73,8 @@ def claims_two_encoders(pipe, r, note):
 
 
 def claims_ddim_eta_0(pipe, r, note):
-    says(note, 'deterministic, the starting noise alone decides the image', 'On seed 1, "circle" gives a small blue circle')
+    says(note, 'deterministic, the starting noise alone decides the image',
+         'On seed 1, "circle" gives a small blue circle')
     assert r.scheduler == "ddim" and r.eta == 0 and r.seeds == (1,)
     assert [described(i) for i in land(pipe, r)] == ["small blue circle"]
     assert land(pipe, r) == land(pipe, r)  # deterministic: the same seed, the same image
