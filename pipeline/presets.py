@@ -12,6 +12,7 @@ A preset file reads:
     seeds = [1, 2]
 
     [toy]                       # optional: the same experiment in the toy world (its words, its size)
+    name = "..."                # optional: the name there, if the name speaks SDXL's words
     description = "..."         # optional: what to look at there, if it differs
     prompt = "red circle"       # GenerationRequest fields that replace [request]'s when the toy is loaded
     width = 256
@@ -69,6 +70,11 @@ class Preset:
     toy_request: GenerationRequest | None = None  # the experiment in the toy world's words and size
     toy_description: str | None = None  # what to look at there, when it differs from `description`
     sets_size: bool = False  # the file's [request] gives width or height: the size is part of the lesson
+    toy_name: str | None = None  # the name in the toy world, when `name` speaks SDXL's words
+
+    def title(self, toy: bool) -> str:
+        """The name the page lists: the toy world's own where the toy is loaded and the preset has one."""
+        return (self.toy_name or self.name) if toy else self.name
 
     def for_model(self, toy: bool) -> tuple[GenerationRequest, str]:
         """The request and description to use: the toy world's when the toy is loaded and the preset has them."""
@@ -126,26 +132,29 @@ def load_preset(path: str | os.PathLike[str]) -> Preset:
         request = GenerationRequest.from_dict(table)
     except RequestError as error:
         raise PresetError(path, f"request.{error.field}", error.detail) from None
-    toy_request, toy_description = _toy(path, data.get("toy"), table)
+    if "prompt_adherence" in table:
+        raise PresetError(path, "request.prompt_adherence", "is the toy world's model's alone: set it in [toy]")
+    toy_request, toy_name, toy_description = _toy(path, data.get("toy"), table)
     return Preset(name=name, description=description, request=request, preview=preview, path=path,
-                  toy_request=toy_request, toy_description=toy_description,
+                  toy_request=toy_request, toy_description=toy_description, toy_name=toy_name,
                   sets_size="width" in table or "height" in table)
 
 
-def _toy(path: Path, toy: Any, table: dict[str, Any]) -> tuple[GenerationRequest | None, str | None]:
-    """The `[toy]` table: [request] with its fields replaced, and an optional description."""
+def _toy(path: Path, toy: Any, table: dict[str, Any]) -> tuple[GenerationRequest | None, str | None, str | None]:
+    """The `[toy]` table: [request] with its fields replaced, and an optional name and description."""
     if toy is None:
-        return None, None
+        return None, None, None
     if not isinstance(toy, dict):
-        raise PresetError(path, "toy", "must be a table ([toy]) of GenerationRequest fields and a description")
+        raise PresetError(path, "toy", "must be a table ([toy]) of GenerationRequest fields, a name and a description")
     fields_ = dict(toy)
-    description = None
-    if "description" in fields_:
-        description = fields_.pop("description")
-        if not isinstance(description, str) or not description.strip():
-            raise PresetError(path, "toy.description", f"must be non-empty text, got {description!r}")
+    texts = {}
+    for key in ("name", "description"):
+        if key in fields_:
+            texts[key] = fields_.pop(key)
+            if not isinstance(texts[key], str) or not texts[key].strip():
+                raise PresetError(path, f"toy.{key}", f"must be non-empty text, got {texts[key]!r}")
     try:
-        return GenerationRequest.from_dict({**table, **fields_}), description
+        return GenerationRequest.from_dict({**table, **fields_}), texts.get("name"), texts.get("description")
     except RequestError as error:
         raise PresetError(path, f"toy.{error.field}", error.detail) from None
 
@@ -159,9 +168,12 @@ def load_presets(folder: str | os.PathLike[str] = PRESETS_DIR) -> list[Preset]:
     if not folder.is_dir():
         raise FileNotFoundError(f"preset folder {folder} does not exist")
     presets = [load_preset(path) for path in sorted(folder.glob("*.toml"), key=lambda p: p.name)]
-    seen: dict[str, Path] = {}
-    for preset in presets:
-        if preset.name in seen:
-            raise PresetError(preset.path, "name", f"{preset.name!r} is also the name of {seen[preset.name].name}")
-        seen[preset.name] = preset.path
+    for toy in (False, True):  # each world lists its own names: both must be unique
+        seen: dict[str, Path] = {}
+        for preset in presets:
+            name = preset.title(toy)
+            if name in seen:
+                raise PresetError(preset.path, "toy.name" if toy and preset.toy_name else "name",
+                                  f"{name!r} is also the name of {seen[name].name}")
+            seen[name] = preset.path
     return presets

@@ -18,6 +18,7 @@ from pipeline import MODES, SCHEDULERS, UNCONDS, GenerationRequest, RequestError
 from pipeline.previews import PREVIEW_DECODERS
 from pipeline.guidance import MODE_PARAMS
 from pipeline.request import (
+    ADHERENCE_RANGE,
     ETA_RANGE,
     FRACTION_RANGE,
     GUIDANCE_SCALE_RANGE,
@@ -88,6 +89,8 @@ CONTROLS: dict[str, Control] = {
     "decompose": Control("Decomposition view", FLAG),
     "decompose_seed": Control("Decomposition seed", WHOLE, SEED_RANGE),
     "strength": Control("Strength", NUMBER, FRACTION_RANGE),
+    # The toy world's model only (pipeline.models.toy.item_prior); a real model's page has no such control.
+    "prompt_adherence": Control("Toy model: how well it learned prompts", NUMBER, ADHERENCE_RANGE),
 }
 CONTROL_NAMES: tuple[str, ...] = tuple(CONTROLS)
 # Controls of the other tabs that take numbers, read as strictly.
@@ -194,7 +197,7 @@ def request_from_settings(settings: dict[str, Any], init_image=None, init_latent
         "eta": "eta", "uncond": "uncond", "guidance_schedule": "guidance_schedule",
         "guidance_cutoff": "guidance_cutoff", "guidance_rescale": "guidance_rescale", "apg_eta": "apg_eta",
         "apg_momentum": "apg_momentum", "apg_norm_threshold": "apg_norm_threshold",
-        "zero_init_steps": "zero_init_steps", "strength": "strength",
+        "zero_init_steps": "zero_init_steps", "strength": "strength", "prompt_adherence": "prompt_adherence",
     }
     defaults = GenerationRequest.__dataclass_fields__
     return GenerationRequest(

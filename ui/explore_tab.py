@@ -19,6 +19,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import gradio as gr
+from PIL import Image
 
 from pipeline import GenerationRequest, RequestError
 from pipeline.inversion import fit_size
@@ -28,6 +29,7 @@ from pipeline.loop import img2img_start, plan_passes
 from pipeline.memory import is_out_of_memory
 from pipeline.metadata import read_settings, save_png
 from pipeline.models import is_toy, memory_choice
+from pipeline.models.toy import draw
 from pipeline.previews import make_preview_decoder
 from pipeline.request import MAX_WEIGHTED_PROMPTS, SIZE_MULTIPLE
 from pipeline.schedules import guidance_scales
@@ -91,6 +93,20 @@ PAGE_DEFAULTS: dict[str, Any] = {
     "num_seeds": 2,
     "preview": "tiny",
 }
+# The toy world's starting point, in its own words: text it cannot read would be ignored there (an otter as
+# Weighted prompt 1 samples anything at all), and would ride along, unseen, in links and "Changed:" notes.
+TOY_PAGE_DEFAULTS: dict[str, Any] = {
+    "prompt": "red circle",
+    "negative_prompt": "big",  # as a negative direction: towards red circles, away from big shapes
+    "weighted_prompt_1": "red circle",
+}
+
+
+def page_defaults(toy: bool) -> dict[str, Any]:
+    """The page's starting values that the request does not give: the toy world's own words on the toy."""
+    return {**PAGE_DEFAULTS, "weighted_prompt_1": PAGE_DEFAULTS["prompt"], **(TOY_PAGE_DEFAULTS if toy else {})}
+
+
 PNG_LABEL = "Drop a CFG Explorer PNG to restore its settings"
 GALLERY_HEIGHT = 250  # px: one row of thumbnails; with the status and slider it leaves the plot in a 900 px window
 
@@ -105,6 +121,9 @@ class Explore:
         # Width and Height when a preset does not set them: the loaded model's own size, or the size the page starts at
         self.default_size = default_size or self.pipe.default_sample_size * self.pipe.vae_scale_factor
         self._lock = threading.Lock()
+        self.toy = is_toy(self.pipe)
+        # The toy model's own adherence, which the page starts from; a real model has none
+        self.adherence_default = self.pipe.unet.config.prompt_adherence if self.toy else None
 
     # --- generation -------------------------------------------------------------------------------
 
@@ -233,8 +252,13 @@ class Explore:
                         decomposition, note = self._most_different(history)
                     paths = self._save(request, frame.images)
                     history.finals = [str(p) for p in paths]
+                    off = [False] * len(seeds)
+                    if frame.landed:  # the toy world says where each seed landed, and which left its data
+                        status += "\n\n" + render.landing_note(frame.landed, seeds, request)
+                        off = history.off_data = [not spot.on_data for spot in frame.landed]
                     yield self._out(
-                        gallery=[(str(p), render.caption(s)) for p, s in zip(paths, seeds)], status=status,
+                        gallery=[(str(p), render.caption(s, off_data=o)) for p, s, o in zip(paths, seeds, off)],
+                        status=status,
                         step_slider=slider(frame.total, frame.total), norm_plot=norm_plot,
                         downloads=[str(p) for p in paths], history=history, decomposition=decomposition,
                         final_btn=gr.update(visible=False), decomposition_note=note,
@@ -287,7 +311,8 @@ class Explore:
         """Back to the run's full-size final images, and the slider to its last step."""
         if history is None or not history.finals:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.update(visible=False)
-        gallery = [(path, render.caption(s)) for path, s in zip(history.finals, history.seeds)]
+        off = history.off_data or [False] * len(history.seeds)
+        gallery = [(path, render.caption(s, off_data=o)) for path, s, o in zip(history.finals, history.seeds, off)]
         decomposition, note = self._most_different(history)
         return gallery, gr.update(value=history.total), decomposition, note, gr.update(visible=False)
 
@@ -349,9 +374,19 @@ class Explore:
 
     def describe_strength(self, image, strength: float, steps: float) -> str:
         if image is None:
-            return "Upload an image to start from it; the Width and Height sliders set the size it is resized to."
-        start = img2img_start(int(steps), float(strength))
-        return render.strength_line(start, int(steps))
+            line = "Upload an image to start from it; the Width and Height sliders set the size it is resized to."
+        else:
+            line = render.strength_line(img2img_start(int(steps), float(strength)), int(steps))
+        return f"{line}\n\n{render.TOY_IMG2IMG}" if self.toy else line
+
+    def start_item(self, width: float, height: float) -> Image.Image:
+        """The toy world's start image where strength shows: a data item (`render.TOY_START_ITEM`), drawn at the
+        page's size. Any other image snaps to the data at every strength; an item stays one, up to a strength."""
+        try:
+            width, height = read("width", width), read("height", height)
+        except RequestError as exc:
+            raise gr_error(exc) from exc
+        return draw(render.TOY_START_ITEM, width, height)
 
     def fit_image(self, image):
         """An uploaded start image sets Width and Height to its own size (multiples of 8, at most 1024 px)."""
@@ -373,6 +408,22 @@ class Explore:
 
     def _updates(self, settings: dict[str, Any]) -> tuple:
         return tuple(settings[name] if name in settings else gr.skip() for name in CONTROL_NAMES)
+
+    def for_model(self, settings: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Settings from a preset, PNG or link as this model's page takes them, and a note on what it left out.
+
+        The toy model's adherence: a request that leaves it unset (None) ran at the model's default, so the toy
+        page shows that number; a real model has no such setting, so its page drops it and says so."""
+        if "prompt_adherence" not in settings:
+            return settings, ""
+        adherence = settings["prompt_adherence"]
+        if self.toy:
+            return {**settings, "prompt_adherence": self.adherence_default if adherence is None else adherence}, ""
+        settings = {name: value for name, value in settings.items() if name != "prompt_adherence"}
+        if adherence is None:
+            return settings, ""
+        return settings, (f"Left out {CONTROLS['prompt_adherence'].label} ({adherence:g}): only the toy world's model "
+                          "has it.")
 
     def snapshot(self, *values: Any) -> dict[str, Any]:
         """The controls as they are, to say afterwards what a preset, PNG or the Invert tab changed."""
@@ -400,13 +451,13 @@ class Explore:
         preset = self.presets[index]
         toy = is_toy(self.pipe)
         request, description = preset.for_model(toy=toy)
-        settings = settings_from_request(request)
+        settings, _ = self.for_model(settings_from_request(request))  # a preset's [request] never sets adherence
         if not preset.sets_size and not (toy and preset.toy_request is not None):
             # The size is not the lesson (the toy world's own table gives the toy's): keep the model's own size.
             settings["width"] = settings["height"] = self.default_size
         if preset.preview:
             settings["preview"] = preset.preview
-        note = f"**{preset.name}.** {description}"
+        note = f"**{preset.title(toy)}.** {description}"
         return (*self._updates(settings), note, *self.changes(before, settings))
 
     def restore_from_png(self, path: str | None, before: dict[str, Any] | None = None) -> tuple:
@@ -417,9 +468,9 @@ class Explore:
             request, seed = read_settings(path)
         except ValueError as exc:  # the file is the field: say so, then what is wrong inside it
             raise refused(f"{PNG_LABEL}: {gr_error(exc).message}") from exc
-        settings = settings_from_request(request)
+        settings, left_out = self.for_model(settings_from_request(request))
         note, *groups = self.changes(before, settings)
-        note = f"Restored the settings of {Path(path).name} (seed {seed}). {note}"
+        note = " ".join(filter(None, (f"Restored the settings of {Path(path).name} (seed {seed}).", left_out, note)))
         if request.forks:  # said here too, where the PNG was dropped; the path itself is kept by fork_path_of_png
             note = f"{note}\n\n{render.fork_path_note(request)}"
         return (*self._updates(settings), note, *groups)
@@ -461,8 +512,11 @@ class Explore:
     def restore_from_query(self, request: gr.Request) -> tuple:
         params = dict(request.query_params) if request is not None else {}
         settings, problems = settings_from_query(params)
+        settings, left_out = self.for_model(settings)
         for problem in problems:
             gr.Warning(f"Link: ignored {problem}")
+        if left_out:
+            gr.Warning(f"Link: {left_out}")
         return self._updates(settings)
 
 
@@ -495,20 +549,25 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
         with gr.Column(scale=2, min_width=320, elem_id="controls"):
             out["presets"] = gr.Dataset(
                 label="Presets", components=[gr.Textbox(visible=False)], type="index",
-                samples=[[p.name] for p in explore.presets], samples_per_page=20, elem_id="presets",
+                samples=[[p.title(explore.toy)] for p in explore.presets], samples_per_page=20, elem_id="presets",
             )
             out["preset_note"] = gr.Markdown(elem_id="preset-note")
             toy = is_toy(explore.pipe)
-            c["prompt"] = _control(FieldTextbox, "prompt", "red circle" if toy else PAGE_DEFAULTS["prompt"], lines=2,
+            defaults = page_defaults(toy)
+            c["prompt"] = _control(FieldTextbox, "prompt", defaults["prompt"], lines=2,
                                    info=render.CONTROL_INFO["prompt"])
             if toy:
                 gr.Markdown(render.toy_words(), elem_id="toy-words")
+                c["prompt_adherence"] = _control(FieldSlider, "prompt_adherence", explore.adherence_default, step=0.05,
+                                                 info=render.ADHERENCE_INFO)
+            else:  # a real model has no such setting: the request leaves it None, and the API offers no value
+                c["prompt_adherence"] = gr.State(None)
             out["token_warning"] = gr.Markdown()
             c["mode"] = _control(FieldRadio, "mode")
             out["formula"] = gr.Markdown(render.formula(REQUEST_DEFAULTS["mode"]), latex_delimiters=render.LATEX)
             with gr.Group(visible=False) as out["negative_group"]:
                 gr.Markdown(render.NEGATIVE_PROMPT_NOTE, elem_id="negative-note")
-                c["negative_prompt"] = _control(FieldTextbox, "negative_prompt", PAGE_DEFAULTS["negative_prompt"],
+                c["negative_prompt"] = _control(FieldTextbox, "negative_prompt", defaults["negative_prompt"],
                                                 info="Guidance steers away from it: its prediction replaces the baseline "
                                                 "(custom negative direction), or only its part perpendicular to the "
                                                 "prompt's guidance counts (Perp-Neg).")
@@ -519,7 +578,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                 for k in range(1, MAX_WEIGHTED_PROMPTS + 1):
                     with gr.Row():
                         c[f"weighted_prompt_{k}"] = _control(FieldTextbox, f"weighted_prompt_{k}",
-                                                             PAGE_DEFAULTS["prompt"] if k == 1 else "", scale=3)
+                                                             defaults.get(f"weighted_prompt_{k}", ""), scale=3)
                         c[f"weight_{k}"] = _control(FieldSlider, f"weight_{k}", 7.5 if k == 1 else 0.0, step=0.25, scale=2)
                 out["weights"] = gr.Markdown(render.weights_line([7.5]))
             for mode in render.MODES_WITH_PARAMS:  # each mode's own settings, as its table entry declares them
@@ -533,7 +592,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                 c["steps"] = _control(FieldSlider, "steps", step=1, min_width=200)
                 c["scheduler"] = _control(FieldDropdown, "scheduler", min_width=200)
             c["eta"] = _control(FieldSlider, "eta", step=0.05, visible=False,
-                                info="DDIM's noise: 0 is deterministic (mode-seeking), 1 is as random as DDPM.")
+                                info=render.ETA_INFO)
             with gr.Row():
                 c["seed"] = _control(FieldNumber, "seed", PAGE_DEFAULTS["seed"])
                 c["num_seeds"] = _control(FieldSlider, "num_seeds", PAGE_DEFAULTS["num_seeds"], step=1,
@@ -559,11 +618,15 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                     c["width"] = _control(FieldSlider, "width", default_size, step=SIZE_MULTIPLE)
                     c["height"] = _control(FieldSlider, "height", default_size, step=SIZE_MULTIPLE)
                 c["init_image"] = FieldImage(label="Start image", type="filepath", image_mode=None,
-                                             sources=["upload", "clipboard"], height=200)
+                                             sources=["upload", "clipboard"], height=200,
+                                             format="png")  # lossless: a drawn data item stays that item
                 c["strength"] = _control(FieldSlider, "strength", step=0.05,
                                          info="How much noise to add: 0 keeps the image, 1 starts from (almost) pure noise.")
+                if toy:
+                    out["start_item"] = gr.Button(f"Start from a data item: {render.TOY_START_ITEM.caption}", size="sm")
                 out["strength_info"] = gr.Markdown(explore.describe_strength(None, REQUEST_DEFAULTS["strength"],
-                                                                             REQUEST_DEFAULTS["steps"]))
+                                                                             REQUEST_DEFAULTS["steps"]),
+                                                   elem_id="strength-info")
             with gr.Accordion(GROUP_TITLES["previews"], open=False, elem_id="group-previews") as out["group_previews"]:
                 c["preview"] = _control(FieldRadio, "preview", PAGE_DEFAULTS["preview"])
                 with gr.Row():
@@ -697,6 +760,9 @@ def wire_explore(demo: gr.Blocks, explore: Explore, c: dict, out: dict, start_la
         inputs=[c["init_image"], c["strength"], c["steps"]], outputs=out["strength_info"], api_name="describe_strength",
         show_progress="hidden",
     )
+    if "start_item" in out:
+        out["start_item"].click(explore.start_item, inputs=[c["width"], c["height"]], outputs=c["init_image"],
+                                api_name="start_item")
     c["init_image"].upload(explore.fit_image, inputs=c["init_image"], outputs=[c["width"], c["height"]],
                            api_name="fit_image")
     out["clear_start"].click(lambda: (None, "", gr.update(visible=False)), outputs=[start_latents, out["start_note"],

@@ -59,6 +59,15 @@ UNUSED_BY_MODE = {
     "weighted": {"prompt": "the weighted prompts below are the text", "prompt_2": "the weighted prompts below are the text",
                  "guidance_scale": "the weights are the scales"},
 }
+# Deterministic is not mode-seeking: eta 0 sets the image by the starting noise alone, eta 1 adds fresh noise each
+# step; both sample the model's distribution (the probability-flow ODE and DDPM, Song et al. 2020), and neither
+# finds its most likely image. Guidance is what concentrates samples on the prompt's likeliest images.
+ETA_INFO = ("DDIM's noise after the start: 0 adds none (deterministic: the starting noise alone decides the image), "
+            "1 adds fresh noise each step, as DDPM does. Neither seeks the most likely image; guidance does.")
+ADHERENCE_INFO = (
+    "a: with probability 1 − a the model ignores the prompt (it learned a·p(x | prompt) + (1 − a)·p(x)). "
+    "Real models sit somewhere below 1 too, hence guidance; at 1 the model is perfect and needs none."
+)
 NEGATIVE_PROMPT_NOTE = (
     "This **is the negative prompt** of other tools: diffusers' `negative_prompt` replaces the unconditional "
     "prediction with this prompt's, exactly as here."
@@ -196,8 +205,35 @@ def most_different(step: int, spread: float, last: int, last_spread: float) -> s
             "Move **Revisit step** to see the others.")
 
 
-def caption(seed: int, step: int | None = None, total: int | None = None) -> str:
-    return f"seed {seed}" if step is None else f"seed {seed} · step {step}/{total}"
+def landing_note(landed: list, seeds: tuple[int, ...], request) -> str:
+    """Toy world, after a run: the data item each seed landed on; for any that is not a data item, by how far it
+    missed, and why (`pipeline.models.toy.landings`)."""
+    on = [f"seed {seed}: {spot.item.caption}" for seed, spot in zip(seeds, landed) if spot.on_data]
+    off = [f"seed {seed}: not a data item (distance {spot.distance:.3g} to the nearest, {spot.item.caption})"
+           for seed, spot in zip(seeds, landed) if not spot.on_data]
+    lines = [f"**Data items:** {' · '.join(on)}."] if on else []
+    if off:
+        bound = landed[0].bound
+        lines.append(f"**{' · '.join(off)}**: {_off_data_reason(request)}. <small>(Within {bound:.2g} of an item, "
+                     "half the smallest distance between two items, an image counts as that item.)</small>")
+    return "\n\n".join(lines)
+
+
+def _off_data_reason(request) -> str:
+    from pipeline.loop import img2img_start
+
+    if request.init_image is not None and img2img_start(request.steps, request.strength) >= request.steps:
+        return "strength 0 denoises nothing, so this is the start image itself"
+    if GUIDANCE_MODES[request.mode].guided and request.guidance_scale not in (0.0, 1.0):
+        return ("guidance extrapolated past the data: where its two predictions pick different items, "
+                "x̂₀ = x̂_u + s (x̂_c − x̂_u) lands beyond both, so shapes fuse and colours saturate")
+    return "an average of several items: too few steps for the exact denoiser to settle on one"
+
+
+def caption(seed: int, step: int | None = None, total: int | None = None, off_data: bool = False) -> str:
+    if step is not None:
+        return f"seed {seed} · step {step}/{total}"
+    return f"seed {seed} · not a data item" if off_data else f"seed {seed}"
 
 
 def describe_changes(before: dict | None, after: dict, labels: dict[str, str], groups: dict[str, str]) -> str:
@@ -270,6 +306,16 @@ def toy_words() -> str:
     )
 
 
+TOY_START_ITEM = TOY_ITEMS[next(i for i, item in enumerate(TOY_ITEMS) if item.caption == "big blue square, top left")]
+# Measured on the page's defaults (tests/unit/test_toy_img2img.py checks every claim on these seeds).
+TOY_IMG2IMG = (
+    "**The toy world snaps to its data.** Its exact denoiser knows only its 96 items, so a run ends on one of them "
+    "(or beyond them, where guidance extrapolates): a start image that is not an item comes out as an item nearby "
+    "that the prompt and the noise allow, at low strength as at high. To see strength matter, start from an item: "
+    f"the button puts the {TOY_START_ITEM.caption} in. With \"red circle\", seeds 1 and 2 and the page's defaults "
+    "(scale 7.5, 30 steps, adherence 0.5), strength up to 0.7 keeps the big blue square on both seeds; at 0.8 seed 1 "
+    "turns into a big blue circle; at 0.9 neither is left (a big green square, a big red circle)."
+)
 TOY_INVERSION = (
     "**What inversion teaches in the toy world.** Its denoiser is exact and so it *memorises*: every sample "
     "is one of its drawn shapes. A data image comes back equally well at any number of steps and any guidance "

@@ -22,6 +22,7 @@ from torch import Tensor
 from pipeline import GenerationRequest, RunCache, generate
 from pipeline.decompose import spread
 from pipeline.loop import StepEvent
+from pipeline.models.toy import Landing, is_toy, landings
 from pipeline.previews import PreviewDecoder
 from pipeline.whatif import path_name
 
@@ -43,6 +44,7 @@ class Frame:
     decomposition: list[Image.Image | None] | None = None  # unconditional, conditional, guided, difference
     unet_chunks: int = 1  # UNet calls the step took: more than 1 where its batch did not fit in memory at once
     start: int = 0  # the step the run started after: a fork from step k runs k+1..N
+    landed: list[Landing] | None = None  # toy world, final frame: the data item each seed's x0 is nearest to
 
     @property
     def steps_per_second(self) -> float:
@@ -59,6 +61,7 @@ class History:
     decompose_seed: int | None = None
     mode: str = "cfg"  # the run's guidance mode, to explain the decomposition's missing panels
     finals: list[str] = field(default_factory=list)  # the final PNGs' paths, once the run is done
+    off_data: list[bool] = field(default_factory=list)  # toy world: which final images are no data item
     frames: dict[int, list[bytes]] = field(default_factory=dict)
     norms: dict[int, list[float]] = field(default_factory=dict)  # per step: RMS x0(eps_c) - x0(eps_u) per seed
     decompositions: dict[int, list[bytes | None]] = field(default_factory=dict)
@@ -195,8 +198,9 @@ class Run:
                 if norms is not None:
                     self.history.norms[event.step] = norms
                 images = list(event.images) if event.images is not None else None
+                landed = landings(self.pipe, event.pred_x0) if images is not None and is_toy(self.pipe) else None
                 self._publish(Frame(event.step, event.total, time.perf_counter() - start, previews, norms, images,
-                                    decomposition, event.unet_chunks, self.first_step))
+                                    decomposition, event.unet_chunks, self.first_step, landed))
         except BaseException as exc:  # handed to the reader, who re-raises it: never a blank image
             self._error = exc
         finally:

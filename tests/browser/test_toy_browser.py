@@ -19,9 +19,13 @@ from tests.browser.test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
     TIMEOUT_MS,
+    block,
+    choose,
     configure,
     free_port,
+    open_group,
     screenshot,
+    set_slider,
     set_text,
     wait_for_captions,
     wait_for_text,
@@ -90,3 +94,42 @@ def test_red_circle_is_red_on_screen(toy_page):
     page.set_viewport_size({"width": 390, "height": 844})
     screenshot(page, "toy-2-phone.png")
     page.set_viewport_size({"width": 1440, "height": 900})
+
+
+def test_the_adherence_slider_and_an_image_off_the_data(toy_page):
+    """The toy page has the adherence slider, says what it means, and after a run says which seeds left the data
+    and why: at adherence 1 the "blue" baseline can only pick blue items, so the negative direction extrapolates."""
+    page = toy_page
+    slider = block(page, "Toy model: how well it learned prompts")
+    assert slider.locator("input[type=number]").input_value() == "0.5"
+    assert "with probability 1 − a the model ignores the prompt" in slider.inner_text()
+    assert "at 1 the model is perfect and needs none" in slider.inner_text()
+    set_text(page, "Prompt", "circle")
+    choose(page, "Guidance mode", "Custom negative direction")
+    set_text(page, "Negative direction prompt", "blue")
+    set_slider(page, "Toy model: how well it learned prompts", 1)
+    configure(page, steps=30, seeds=2)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    wait_for_text(page, "#status", r"seed 1: not a data item \(distance \d+")
+    assert "guidance extrapolated past the data" in page.locator("#status").inner_text()
+    wait_for_captions(page, ["seed 1 · not a data item", "seed 2 · not a data item"])
+    screenshot(page, "toy-2-off-the-data.png")
+    set_slider(page, "Toy model: how well it learned prompts", 0.5)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    wait_for_text(page, "#status", r"Data items: seed 1: big yellow circle, top right · seed 2: big yellow circle")
+    wait_for_captions(page, ["seed 1", "seed 2"])
+    screenshot(page, "toy-3-on-the-data.png")
+
+
+def test_img2img_from_a_data_item(toy_page):
+    page = toy_page
+    set_text(page, "Prompt", "red circle")
+    choose(page, "Guidance mode", "Standard CFG")
+    open_group(page, "Size and start image (img2img)")
+    wait_for_text(page, "#strength-info", "The toy world snaps to its data")
+    page.get_by_role("button", name="Start from a data item: big blue square, top left").click()
+    wait_for_text(page, "#strength-info", r"Runs the last \d+ of 30 steps")
+    set_slider(page, "Strength", 0.5)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    wait_for_text(page, "#status", r"Data items: seed 1: big blue square, top left · seed 2: big blue square")
+    screenshot(page, "toy-4-img2img-data-item.png")

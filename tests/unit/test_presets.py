@@ -210,9 +210,29 @@ def test_without_a_toy_table_the_toy_world_runs_the_request(tmp_path):
         ('[toy]\nprompt_3 = "x"\n', "toy.prompt_3"),
         ("[toy]\nwidth = 100\n", "toy.width"),
         ('[toy]\ndescription = ""\n', "toy.description"),
+        ("[toy]\nname = 3\n", "toy.name"),
+        ("[toy]\nprompt_adherence = 1.5\n", "toy.prompt_adherence"),
         ('toy = "red circle"\n', "toy"),
     ],
 )
 def test_bad_toy_table_names_its_field(tmp_path, table, field):
     text = GOOD.replace("[request]", table + "\n[request]") if not table.startswith("[") else GOOD + "\n" + table
     expect_error(write(tmp_path, text), field)
+
+
+def test_a_toy_name_is_listed_in_the_toy_world_and_must_be_unique_there(tmp_path):
+    preset = load_preset(write(tmp_path, GOOD + '\n[toy]\nname = "Red circles"\nprompt = "red circle"\n'))
+    assert (preset.title(toy=False), preset.title(toy=True)) == ("Test preset", "Red circles")
+    plain = load_preset(write(tmp_path, GOOD.replace("Test preset", "Plain"), "02-plain.toml"))
+    assert plain.title(toy=True) == "Plain"
+    write(tmp_path, GOOD.replace("Test preset", "Other") + '\n[toy]\nname = "Red circles"\n', "03-same.toml")
+    with pytest.raises(PresetError, match="Red circles") as info:
+        load_presets(tmp_path)
+    assert info.value.field == "toy.name"
+
+
+def test_adherence_belongs_to_the_toy_table(tmp_path):
+    expect_error(write(tmp_path, GOOD.replace("steps = 4", "steps = 4\nprompt_adherence = 0.5")),
+                 "request.prompt_adherence")
+    preset = load_preset(write(tmp_path, GOOD + "\n[toy]\nprompt_adherence = 0.3\n", "02-toy.toml"))
+    assert preset.for_model(toy=True)[0].prompt_adherence == 0.3 and preset.request.prompt_adherence is None

@@ -47,8 +47,10 @@ def test_every_preset_has_a_toy_version_at_the_toys_size_in_its_words(toy_pipe, 
     sdxl, _ = preset.for_model(toy=False)
     assert (request.width, request.height) == (256, 256) and (sdxl.width, sdxl.height) == (1024, 1024)
     assert caption_words(request.prompt), f"{preset.name}: no word of the toy world in {request.prompt!r}"
-    # The experiment is the same: only the texts and the size change.
-    texts = ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2", "width", "height")
+    # The experiment is the same: only the texts and the size change, and the toy may add seeds (a run costs it
+    # milliseconds) and set its model's adherence (a knob SDXL does not have).
+    texts = ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2", "width", "height", "seeds",
+             "prompt_adherence")
     assert {k: v for k, v in request.to_dict().items() if k not in texts} == {
         k: v for k, v in sdxl.to_dict().items() if k not in texts
     }
