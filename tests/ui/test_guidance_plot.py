@@ -51,8 +51,9 @@ def plot_updates(updates) -> list[dict]:
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_the_plot_stays_bounded_where_the_eps_difference_spikes(explore, toy_pipe, mode):
+    # The exact data model (adherence 1), where every seed commits to one item and the eps difference spikes.
     request = GenerationRequest(**MODES[mode], mode=mode, steps=12, seeds=(1, 2), width=256, height=256,
-                                decompose_seed=1)
+                                decompose_seed=1, prompt_adherence=1.0)
     events = list(generate(toy_pipe, request))
     eps = max(float(e.guidance_norm.max()) for e in events)
     x0 = [e.guidance_x0 for e in events]

@@ -6,6 +6,7 @@ from gradio_client import handle_file
 from PIL import Image, ImageChops
 
 from pipeline import GenerationRequest, denoise
+from pipeline.decompose import spread
 from pipeline.previews import make_preview_decoder
 
 
@@ -22,11 +23,12 @@ def run(client, **kwargs):
 
 
 def expected_panels(tiny_pipe, seed: int) -> list[np.ndarray]:
-    """The last step's decomposition of `seed` from the library, through the same linear decoder, and the
-    difference image the UI draws (guided - unconditional, mid-grey where they agree)."""
+    """The decomposition of `seed` from the library at the step a finished run opens it (where its parts differ
+    most, `pipeline.decompose.spread`), through the same linear decoder, and the difference image the UI draws
+    (guided - unconditional, mid-grey where they agree)."""
     request = GenerationRequest(prompt="an otter", steps=4, seeds=(3, 4), width=64, height=64, decompose_seed=seed,
                                 negative_prompt="solar system with 9 planets")
-    parts = list(denoise(tiny_pipe, request))[-1].decomposition
+    parts = max((event.decomposition for event in denoise(tiny_pipe, request)), key=spread)
     uncond, cond, guided = make_preview_decoder("linear", tiny_pipe)(torch.cat([parts.uncond, parts.cond, parts.guided]))
     difference = ImageChops.subtract(guided, uncond, scale=2.0, offset=128)
     return [np.asarray(image, dtype=np.int16) for image in (uncond, cond, guided, difference)]
@@ -44,12 +46,13 @@ def test_decomposition_streams_four_panels_for_the_chosen_seed(client, tiny_pipe
     assert [p["caption"] for p in panels[-1]] == [
         "unconditional x̂₀", "conditional x̂₀", "guided x̂₀", "guided − unconditional"]
     # The panels are the chosen seed's: each within JPEG error of the library's own decomposition of seed 4
-    # through the same decoder (measured mean |served - library| 3.5/255 for the x̂₀ panels, 0.06/255 for the
-    # near-grey difference), and the x̂₀ panels far from seed 3's (measured 88/255).
+    # through the same decoder at the step the run opens it (measured mean |served - library| 4.1/255 for the
+    # x̂₀ panels, 2.0/255 for the difference, which has content at that early step), and the x̂₀ panels far
+    # from seed 3's (measured 88/255).
     right, wrong = expected_panels(tiny_pipe, 4), expected_panels(tiny_pipe, 3)
     got = [served(item) for item in panels[-1]]
     errors = [np.abs(image - want).mean() for image, want in zip(got, right)]
-    assert max(errors[:3]) < 8 and errors[3] < 1, errors
+    assert max(errors) < 8, errors
     assert all(np.abs(image - other).mean() > 40 for image, other in zip(got[:3], wrong[:3]))
 
 
