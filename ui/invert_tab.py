@@ -46,8 +46,9 @@ SCALE_INFO = "1 is no guidance, which inverts best: stronger guidance inverts wo
 SCALE_INFO_TOY = "1 is no guidance. The toy's data images come back at 1 and at 7.5 alike (see the note above)."
 WHY_GUIDANCE_BREAKS = (
     "Why strong guidance breaks it in a model that generalises, such as SDXL: each inverse step reuses the noise "
-    "prediction at the current latent for the next, noisier one; guidance scales up the prediction's change between steps (by s, through ε_c − ε_u), so "
-    "these small errors grow with s and compound over the steps (Mokady et al. 2022)."
+    "prediction at the current latent for the next, noisier one; guidance scales up the prediction's change "
+    "between steps (by s, through ε_c − ε_u), so these small errors grow with s and compound over the steps "
+    "(Mokady et al. 2022)."
 )
 
 

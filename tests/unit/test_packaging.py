@@ -113,3 +113,9 @@ def test_the_library_installs_into_a_fresh_venv_and_runs_outside_the_repository(
     assert Path(where).is_relative_to(source if editable else tmp_path / "venv"), where
     assert int(presets) == len(list((ROOT / "presets").glob("*.toml")))
     assert size == "(64, 64)" and gradio == "False"
+
+
+def test_the_readme_says_how_to_get_the_cpu_wheel():
+    """Issue 18: on Linux without a GPU a plain `pip install torch==2.13.0` pulls the CUDA build."""
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in readme
