@@ -11,6 +11,8 @@ import importlib
 import importlib.util
 import logging
 import re
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 
@@ -70,6 +72,20 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """Keeps a public name that shares its submodule's name (`whatif`) the function: importing the submodule
+    would otherwise set `pipeline.whatif` to the module (the import system's setattr on the parent), and
+    `from pipeline import whatif` would then give the module."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _EXPORTS and _EXPORTS[name] == f".{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:

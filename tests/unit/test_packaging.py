@@ -119,3 +119,14 @@ def test_the_readme_says_how_to_get_the_cpu_wheel():
     """Issue 18: on Linux without a GPU a plain `pip install torch==2.13.0` pulls the CUDA build."""
     readme = (ROOT / "README.md").read_text()
     assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in readme
+
+
+def test_public_names_load_on_first_use_whatever_was_imported_before():
+    """pipeline's names load lazily (so `app.py --help` needs no torch); `whatif` is both a submodule and the
+    function it defines, and must stay the function after the submodule is imported first."""
+    probe = ("import types, pipeline.whatif\nimport pipeline\nfrom pipeline import whatif\n"
+             "assert not isinstance(whatif, types.ModuleType) and callable(whatif), whatif\n"
+             "assert all(getattr(pipeline, name) is not None for name in pipeline.__all__)\n"
+             "assert pipeline.presets.load_presets\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
