@@ -39,7 +39,10 @@ else:  # Python 3.10 (Hugging Face ZeroGPU Spaces run 3.10.13): tomli is the sam
 from .previews import PREVIEW_DECODERS
 from .request import GenerationRequest, RequestError
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+# In a clone (and an editable install) the repository's presets/; an installed wheel carries the same files as
+# pipeline/preset_files (pyproject.toml maps the folder there).
+_HERE = Path(__file__).resolve().parent
+PRESETS_DIR = _HERE / "preset_files" if (_HERE / "preset_files").is_dir() else _HERE.parent / "presets"
 PRESET_KEYS: tuple[str, ...] = ("name", "description", "preview", "request", "toy")
 REQUIRED_KEYS: tuple[str, ...] = ("name", "description", "request")
 # GenerationRequest fields without a default; from_dict would fail on them with a bare TypeError.

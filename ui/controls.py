@@ -93,6 +93,13 @@ CONTROLS: dict[str, Control] = {
     "prompt_adherence": Control("Toy model: how well it learned prompts", NUMBER, ADHERENCE_RANGE),
 }
 CONTROL_NAMES: tuple[str, ...] = tuple(CONTROLS)
+# The request's constructor arguments that `request_from_settings` sets by hand: the required controls and the
+# request fields that no single control maps onto (seeds, the interval, weighted prompts, the decomposed seed).
+_BUILT = ("prompt", "mode", "guidance_scale", "steps", "width", "height", "scheduler", "decompose_seed")
+# Every other control named like a request field passes straight through: derived, not listed, so a new mode's
+# parameter (the table of modes adds it to both) can never be dropped on the way (issue 18: perp_neg_scale was).
+PASSED_THROUGH: tuple[str, ...] = tuple(
+    name for name in CONTROL_NAMES if name in GenerationRequest.__dataclass_fields__ and name not in _BUILT)
 # Controls of the other tabs that take numbers, read as strictly.
 TAB_CONTROLS: dict[str, Control] = {
     "inversion_steps": Control("Inversion steps", WHOLE, STEPS_RANGE),
@@ -192,13 +199,6 @@ def request_from_settings(settings: dict[str, Any], init_image=None, init_latent
         if decompose_seed not in seeds:
             raise RequestError("decompose_seed", f"must be one of this run's seeds, {seed} to {seeds[-1]} (Seed to "
                                                  f"Seed + Number of seeds - 1), got {decompose_seed}")
-    optional = {  # request field -> control, for the controls that may be left out
-        "prompt_2": "prompt_2", "negative_prompt": "negative_prompt", "negative_prompt_2": "negative_prompt_2",
-        "eta": "eta", "uncond": "uncond", "guidance_schedule": "guidance_schedule",
-        "guidance_cutoff": "guidance_cutoff", "guidance_rescale": "guidance_rescale", "apg_eta": "apg_eta",
-        "apg_momentum": "apg_momentum", "apg_norm_threshold": "apg_norm_threshold",
-        "zero_init_steps": "zero_init_steps", "strength": "strength", "prompt_adherence": "prompt_adherence",
-    }
     defaults = GenerationRequest.__dataclass_fields__
     return GenerationRequest(
         prompt=values["prompt"],
@@ -214,7 +214,7 @@ def request_from_settings(settings: dict[str, Any], init_image=None, init_latent
         decompose_seed=decompose_seed,
         init_image=init_image,
         init_latents=init_latents,
-        **{field: get(control, defaults[field].default) for field, control in optional.items()},
+        **{field: get(field, defaults[field].default) for field in PASSED_THROUGH},
     )
 
 

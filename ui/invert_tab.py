@@ -43,10 +43,13 @@ NOISE_TARGETS = (
     "guidance_rescale", "steps", "scheduler", "eta", "num_seeds", "width", "height", "init_image", "start_note",
     "clear_start", "tabs",
 )
+SCALE_INFO = "1 is no guidance, which inverts best: stronger guidance inverts worse (Mokady et al. 2022)."
+SCALE_INFO_TOY = "1 is no guidance. The toy's data images come back at 1 and at 7.5 alike (see the note above)."
 WHY_GUIDANCE_BREAKS = (
-    "Why strong guidance breaks it: each inverse step reuses the noise prediction at the current latent for the "
-    "next, noisier one; guidance scales up the prediction's change between steps (by s, through ε_c − ε_u), so "
-    "these small errors grow with s and compound over the steps (Mokady et al. 2022)."
+    "Why strong guidance breaks it in a model that generalises, such as SDXL: each inverse step reuses the noise "
+    "prediction at the current latent for the next, noisier one; guidance scales up the prediction's change "
+    "between steps (by s, through ε_c − ε_u), so these small errors grow with s and compound over the steps "
+    "(Mokady et al. 2022)."
 )
 
 
@@ -223,7 +226,7 @@ def build_invert_tab(handlers, targets: dict, start_latents: gr.State, explore=N
                                 info="More steps: smaller inverse-step errors, a closer round trip.")
             scale = FieldSlider(*TAB_CONTROLS["inversion_guidance_scale"].allowed, value=1, step=0.5,
                                 label=TAB_CONTROLS["inversion_guidance_scale"].label,
-                                info="1 is no guidance, which inverts best.")
+                                info=SCALE_INFO_TOY if is_toy(handlers.pipe) else SCALE_INFO)
             with gr.Row():
                 invert_btn = gr.Button("Invert", variant="primary")
                 use_btn = gr.Button("Use this noise in Explore")

@@ -318,10 +318,13 @@ TOY_IMG2IMG = (
 )
 TOY_INVERSION = (
     "**What inversion teaches in the toy world.** Its denoiser is exact and so it *memorises*: every sample "
-    "is one of its drawn shapes. A data image comes back equally well at any number of steps and any guidance "
-    "(only the linear VAE's 8×8 blur is lost). An image that is not in the data does not come back: the round "
-    "trip pulls it towards the nearest data item, and more steps pull harder. A model that generalises, as SDXL "
-    "does, has a smooth ODE between its training images, and there the round trip improves with steps."
+    "is one of its drawn shapes, and whatever separates an image from the nearest shape it reads as noise. A data "
+    "image (one the toy generated, saved as PNG) comes back at any number of steps and at guidance 1 or 7.5 alike: "
+    "measured 53 to 69 dB PSNR from 5 to 100 steps (\"red circle\", seeds 1 to 4; prompts \"a photo\", \"red "
+    "circle\", \"circle\"), a little closer with more steps. An image that is not in the data does not come "
+    "back: the round trip lands on a data item (a red circle drawn off the grid: 17 to 20 dB at any steps). A model "
+    "that generalises, as SDXL does, has a smooth ODE between its training images, and there the round trip "
+    "improves with steps and worsens with guidance (Mokady et al. 2022)."
 )
 
 

@@ -11,6 +11,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from huggingface_hub import constants as hf_constants
 
+from ..defaults import DEFAULT_MODEL
 from ..memory import MemoryChoice, apply_memory_mode, check_memory_mode, choose_memory_mode, free_memory, weight_bytes
 
 from .tiny import tiny_pipeline
@@ -18,7 +19,6 @@ from .toy import toy_pipeline
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 TINY = "tiny"
 TOY = "toy"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -94,6 +94,14 @@ def _looks_like_path(model: str) -> bool:
     return model.count("/") > 1 or (os.sep != "/" and os.sep in model)
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain. diffusers' OSError ends "Please check out the root cause in the
+    stacktrace above": a log line shows no stacktrace, so the cause itself is what to show (issue 18)."""
+    while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
 def load_pipeline(
     model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", seed: int = 0, memory: str = "high"
 ) -> StableDiffusionXLPipeline:
@@ -136,7 +144,8 @@ def load_pipeline(
             if path.is_file():
                 hint = f"a single-file checkpoint needs its base model's config from the hub or the local cache; {hint}"
             summary = f"could not load model {model!r}: {hint}"
-            raise ModelLoadError(f"{summary}. ({type(exc).__name__}: {exc})", summary) from exc
+            root = _root_cause(exc)
+            raise ModelLoadError(f"{summary}. ({type(root).__name__}: {root})", summary) from exc
         check_tokenizers(pipe)
     if torch_dtype == torch.float16 and pipe.vae.config.force_upcast:
         # SDXL's VAE overflows in fp16 (diffusers upcasts it for every decode); keep it in fp32 for good.

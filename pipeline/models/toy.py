@@ -10,7 +10,8 @@ The parts are SDXL-shaped, so the pipeline and our loop run on it unchanged:
 - two real CLIP tokenizers and text encoders whose penultimate hidden state (what SDXL reads) is each known
   word's own one-hot vector: every residual branch and the position embeddings are zero;
 - `ToyUNet`: reads which words the prompt embeddings hold and returns the exact epsilon;
-- `ToyVAE`: a fixed linear autoencoder (8x8 average pooling, a 3 -> 4 colour map, bilinear upsampling back);
+- `ToyVAE`: a fixed linear autoencoder (8x8 average pooling and a 3 -> 4 colour map; back, a bilinear image
+  whose 8x8 block means are the latents' colours, so a decoded image encodes back to its latents);
 - SDXL's scheduler config.
 
 How the toy reads the two prompts: SDXL puts encoder 1's hidden states (Prompt) and encoder 2's (Prompt 2)
@@ -26,6 +27,7 @@ place). An item matches when, for every attribute the prompt names, the item has
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -387,6 +389,35 @@ def images_to_latents(images: list[Image.Image]) -> Tensor:
     return colours_to_latents((sums.double() / (64 * 127.5) - 1).permute(0, 3, 1, 2))
 
 
+@functools.lru_cache(maxsize=32)
+def _unblur_matrix(n: int) -> Tensor:
+    """(n, n) float64: the inverse of what 8x bilinear upsampling then 8x8 block means do to one axis of a latent
+    grid (1/8, 3/4, 1/8 inside, 7/8, 1/8 at the edges; diagonally dominant, so well conditioned)."""
+    basis = torch.eye(n, dtype=torch.float64).view(n, 1, 1, n)
+    up = nn.functional.interpolate(basis, scale_factor=8, mode="bilinear", align_corners=False)
+    return torch.linalg.inv(nn.functional.avg_pool2d(up, 8).view(n, n).T)
+
+
+def latents_to_pixels(latents: Tensor) -> Tensor:
+    """UNet latents (B, 4, h, w) -> pixels (B, 3, 8h, 8w): a bilinear image whose 8x8 block means are exactly the
+    latents' colours, so that encoding a decoded image gives its latents back (`pixels_to_latents` inverts it).
+
+    Plain bilinear upsampling of the colours would blur each block into its neighbours, and the exact denoiser
+    reads any such offset from a data item as noise: at the first DDIM inversion step it divides it by
+    sqrt(1 - alpha_bar) (about 0.06), and the inverted noise then no longer maps back onto the image (issue 18).
+    The price of exact block means under a smooth image: a faint ring outside sharp edges (up to 18 levels of 255
+    from the grey beside a red circle), as any sharpening has.
+    """
+    h, w = latents.shape[-2:]
+    dtype = ToyUNet.compute_dtype(latents.device)
+    rows, cols = (_unblur_matrix(n).to(device=latents.device, dtype=dtype) for n in (h, w))
+    sharp = torch.einsum("ij,bljw,kw->blik", rows, latents.to(dtype), cols).to(latents.dtype)
+    factors = torch.tensor(LATENT_RGB_FACTORS, dtype=latents.dtype, device=latents.device)  # (4, 3)
+    bias = torch.tensor(LATENT_RGB_BIAS, dtype=latents.dtype, device=latents.device)
+    rgb = torch.einsum("blhw,lc->bchw", sharp, factors) + bias[:, None, None]
+    return nn.functional.interpolate(rgb, scale_factor=8, mode="bilinear", align_corners=False)
+
+
 class ToyVAE(ModelMixin, ConfigMixin):
     """A fixed linear autoencoder with SDXL's interface: latents are 8x8 blocks' colours in 4 channels.
 
@@ -422,9 +453,7 @@ class ToyVAE(ModelMixin, ConfigMixin):
         return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
 
     def decode(self, z: Tensor, return_dict: bool = True, **kwargs) -> DecoderOutput | tuple[Tensor]:
-        z = z.to(self.dtype) * self.config.scaling_factor
-        rgb = torch.einsum("blhw,lc->bchw", z, self.latent_rgb) + self.rgb_bias[:, None, None]
-        images = nn.functional.interpolate(rgb, scale_factor=8, mode="bilinear", align_corners=False)
+        images = latents_to_pixels(z.to(self.dtype) * self.config.scaling_factor)
         return DecoderOutput(sample=images) if return_dict else (images,)
 
 

@@ -11,6 +11,7 @@ from ui.controls import (
     CONTROL_NAMES,
     CONTROLS,
     MAX_LINK_CHARS,
+    PASSED_THROUGH,
     label_of,
     query_from_settings,
     read,
@@ -82,6 +83,22 @@ def test_request_from_settings_is_strict_and_names_labels():
         with pytest.raises(RequestError) as info:
             request_from_settings({**BASE, **changes})
         assert label_of(info.value.field) == label, (changes, info.value)
+
+
+def test_every_control_named_like_a_request_field_reaches_the_request():
+    """Issue 18: a hand-written list of forwarded controls left out perp_neg_scale, so its slider did nothing.
+    Every mode's parameter (and every other control named like a request field) must arrive."""
+    from pipeline.guidance import MODE_PARAMS
+
+    for name, param in MODE_PARAMS.items():
+        lo, hi = param.range
+        value = param.default + 1 if param.integer else (lo + hi) / 2  # some value other than the default
+        assert value != param.default, name
+        request = request_from_settings({**BASE, name: value})
+        assert getattr(request, name) == value, name
+    fields = set(GenerationRequest.__dataclass_fields__)
+    assert {n for n in CONTROL_NAMES if n in fields} <= set(PASSED_THROUGH) | {
+        "prompt", "mode", "guidance_scale", "steps", "width", "height", "scheduler", "decompose_seed"}
 
 
 def test_decomposition_seed_must_be_one_of_the_runs_seeds():

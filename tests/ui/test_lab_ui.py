@@ -112,3 +112,29 @@ def test_perp_neg_runs_with_its_negative_scale(client):
     job = client.submit(**SMALL, mode="perp_neg", negative_prompt="a planet", perp_neg_scale=99.0, api_name="/generate")
     list(job)
     assert "Perp-Neg negative scale" in str(job.exception())
+
+
+# A value per mode parameter that visibly changes the tiny model's image at SMALL's settings (its guidance
+# differences have norms below 1, so APG's cap must be lower than that to bite). A new parameter in the table of
+# modes fails the coverage check below until it gets one.
+CHANGED = dict(perp_neg_scale=3.0, apg_eta=1.0, apg_momentum=0.5, apg_norm_threshold=0.5, zero_init_steps=2)
+
+
+def test_every_mode_parameter_reaches_the_run_through_the_api(client):
+    """Issue 18: the Perp-Neg negative scale never left the page (always 6.5). Each mode's every parameter, sent
+    through the API, must arrive in the request (the PNG's settings) and change the image."""
+    from pipeline.guidance import GUIDANCE_MODES, MODE_PARAMS
+    from pipeline.metadata import read_settings
+
+    assert set(CHANGED) == set(MODE_PARAMS)
+    for mode in GUIDANCE_MODES.values():
+        if not mode.params:
+            continue
+        common = dict(mode=mode.name, negative_prompt="a planet", num_seeds=1)
+        baseline = run(client, **common)[-1][4][0]["path"]
+        for param in mode.params:
+            assert CHANGED[param.name] != param.default
+            path = run(client, **common, **{param.name: CHANGED[param.name]})[-1][4][0]["path"]
+            request, _ = read_settings(path)
+            assert getattr(request, param.name) == CHANGED[param.name], param.name
+            assert not np.array_equal(served({"path": path}), served({"path": baseline})), param.name

@@ -32,7 +32,7 @@ from pipeline.models.toy import (
     to_pixels,
     toy_tokenizer,
 )
-from pipeline.previews import make_preview_decoder, vae_decode
+from pipeline.previews import final_images, make_preview_decoder, vae_decode
 
 SENTENCES = ("{w}", "a {w}", "{w} circle", "a {W}, then {w}.", "green {w} red", "{w}{w} {w}", "(({w}))", "big-{w}!")
 
@@ -242,11 +242,18 @@ def test_vae_is_sdxl_shaped_and_linear(toy_pipe):
     torch.testing.assert_close(vae.decode(a + 2 * b).sample, vae.decode(a).sample + 2 * vae.decode(b).sample)
 
 
-def test_data_round_trip_is_the_blur_of_8x8_blocks(toy_pipe):
-    pixels = to_pixels([draw(ITEMS[0])])
-    block_means = torch.nn.functional.avg_pool2d(pixels, 8)
-    decoded = vae_decode(toy_pipe.vae, pixels_to_latents(pixels))
-    torch.testing.assert_close(torch.nn.functional.avg_pool2d(decoded, 8), block_means, rtol=0, atol=0.15)
+def test_a_decoded_image_encodes_back_to_its_latents(toy_pipe):
+    """Issue 18: the decoder used to blur each block into its neighbours, so a generated image, saved and encoded
+    again, was off its data item by a squared distance of 1.15, which the exact denoiser reads as noise and DDIM
+    inversion amplifies. Now decoding keeps each block's mean: the round trip through an 8-bit PNG is exact to
+    the PNG's rounding (tolerance: half a level of 255 per pixel, 0.004 in [-1, 1]; measured max 0.006 squared
+    distance over all 96 items at 256 px)."""
+    latents = toy_pipe.unet.items(32, 32).float().view(-1, 4, 32, 32)
+    decoded = vae_decode(toy_pipe.vae, latents)
+    torch.testing.assert_close(pixels_to_latents(decoded), latents, rtol=0, atol=1e-5)
+    image = final_images(toy_pipe, latents[48:49])[0]  # a big red circle, as the app saves it
+    again = encode_image(toy_pipe, image, 256, 256).double().flatten(1)
+    assert float(((again - latents[48:49].double().flatten(1)) ** 2).sum()) < 0.01
 
 
 def test_a_drawn_data_image_encodes_to_its_item(toy_pipe):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 import app
@@ -28,6 +33,35 @@ def test_a_model_that_cannot_be_loaded_falls_back_to_the_toy_world(tmp_path):
     assert missing in reason
     text = render.banner(name, reason)
     assert TOY_BANNER in text and missing in text
+
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "diffusers", "transformers", "gradio")
+
+
+def test_help_imports_nothing_heavy_and_prints_no_warning():
+    """Issue 18: `python app.py --help` took 4.4 s (it imported torch, diffusers and transformers for one default
+    value) and printed transformers' torchvision warnings first. It must parse its flags before any heavy import."""
+    probe = ("import runpy, sys\nsys.argv = ['app.py', '--help']\n"
+             "try:\n    runpy.run_path('app.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert "usage: app.py" in done.stdout and "--model" in done.stdout
+    assert done.stderr.strip() == "[]", done.stderr  # no heavy module, and nothing else on stderr
+
+
+def test_start_up_log_gives_the_reason_and_no_torchvision_noise():
+    """Issue 18: the fallback's log line pointed to "the stacktrace above", which no log shows, and every start
+    printed two torchvision warnings from imports inside diffusers. The log must say why SDXL did not load."""
+    probe = ("import logging, app\nlogging.basicConfig(level=logging.INFO)\n"
+             "app.load_models(app.parse_args(['--model', 'nobody/not-a-model', '--device', 'cpu']))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Starting the toy world instead" in done.stderr
+    assert "offline mode is enabled" in done.stderr  # the reason itself
+    assert "stacktrace" not in done.stderr and "torchvision" not in done.stderr, done.stderr
 
 
 def test_model_tiny_stays_for_tests():

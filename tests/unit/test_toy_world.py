@@ -155,12 +155,15 @@ def off_data_image(size: int) -> Image.Image:
 
 
 def test_ddim_inversion_memorises(toy_pipe):
-    """A data image comes back equally well at every step count and scale: only the linear VAE's blur is lost.
+    """A drawn data image comes back alike at every step count and scale, up to what the decoder's bilinear
+    rendering of 8x8 blocks loses against a sharp drawing (26.7 dB at 64 px). Measured spread 1.3 dB: 5 steps at
+    guidance 5 has a latent MSE of 1.9e-3 (2e-6 to 3e-5 elsewhere), which the decoder, keeping block means exact
+    (issue 18), shows more than the old blurring one did (0.4 dB then). Asserted: within 2 dB.
     An image the data lacks does not come back: the reconstruction lands nearer a data item than it started."""
     size = 64
     data = draw(Item("big", "red", "circle", "top", "left"), size, size)
     data_psnr = [r.psnr for r in error_curve(toy_pipe, data, "big red circle top left", (5, 10, 25, 50), (1.0, 5.0))]
-    assert max(data_psnr) - min(data_psnr) < 0.5, data_psnr
+    assert max(data_psnr) - min(data_psnr) < 2.0, data_psnr
     image = off_data_image(size)
     items = toy_pipe.unet.items(size // 8, size // 8)
     start = float(torch.cdist(encode_image(toy_pipe, image, size, size).flatten(1).double(), items).min())
