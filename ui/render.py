@@ -88,6 +88,14 @@ def mode_label(mode: str) -> str:
     return next((label for label, value in MODE_CHOICES if value == mode), mode)
 
 
+def shown_value(name: str, value: object) -> str:
+    """A setting's value as the page shows it: a choice by its label ("Standard CFG", not "cfg"), a number by %g."""
+    labels = dict((v, label) for label, v in CHOICES.get(name, ()))
+    if value in labels:
+        return labels[value]
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def control_notes(mode: str) -> dict[str, tuple[str, bool]]:
     """Per mode-dependent control: (info line, whether the mode reads it)."""
     unused = UNUSED_BY_MODE.get(mode, {})
