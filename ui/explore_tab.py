@@ -196,6 +196,7 @@ class Explore:
         # A new run clears what belonged to the last one: its plot, files, and step history.
         yield self._out(
             status=intro or render.starting(request), step_slider=gr.update(visible=False), norm_plot=plot(), downloads=None,
+            gallery=gr.update(label=render.images_label(history.name)),  # the branch this run's images will show
             history=None, decomposition=gr.update(value=[], visible=decomposed), final_btn=gr.update(visible=False),
             run_id=run_id,
             norm_note=render.norm_note(request.mode),

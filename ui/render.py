@@ -331,11 +331,43 @@ def showing_branch(name: str) -> str:
     return f"**Showing branch:** {name}. The step slider, what-if and forks now follow it."
 
 
-def fork_path_note(request) -> str:
-    """A restored fork's PNG: what its path changed, and that Generate replays it."""
+def fork_path(request) -> str:
+    """A fork's path in the page's words: the controls' labels and the choices' labels, never field names or ids
+    ("Guidance mode Standard CFG → Reversed guidance from step 5")."""
     from pipeline.whatif import path_name
 
-    return (f"**This PNG is a fork:** {path_name(request)}. Generate replays its whole path (the controls hold the "
+    from .controls import label_of
+
+    return path_name(request, label_of, shown_value)
+
+
+def images_label(branch: str) -> str:
+    """The gallery's label: which branch its images show."""
+    return "Images: the run" if branch == "the run" else f"Images: fork {branch}"
+
+
+def fork_ending(branch: str, step: int, same: list[int], different: list[int], toy: bool) -> str:
+    """After a fork: which seeds' final images are pixel for pixel the parent's, and why that happens."""
+    if not same:
+        return f"**Fork {branch}:** every seed's final image differs from its parent's."
+    seeds = ", ".join(map(str, same))
+    which = "every seed" if not different else f"seed{'s' if len(same) > 1 else ''} {seeds}"
+    head = (f"**The fork ends where its parent ended** for {which}: the final image{'s are' if len(same) > 1 else ' is'} "
+            f"pixel for pixel the parent's")
+    if different:
+        head += f" (seed{'s' if len(different) > 1 else ''} {', '.join(map(str, different))} differ{'s' if len(different) == 1 else ''})"
+    why = (f" By step {step} those samples had already settled on their picture: the what-if's Δ shows that the new "
+           "guidance changes that step's estimate x̂₀, but the steps after it still lead to the same image.")
+    if toy:
+        why += (" In the toy world this comes early: its denoiser is exact, so once a sample lies clearly nearer one "
+                "of its 96 data items than any other, the remaining steps end on that item with or without guidance. "
+                "Fork from step 1 to see guidance change where a sample ends.")
+    return head + "." + why
+
+
+def fork_path_note(request) -> str:
+    """A restored fork's PNG: what its path changed, and that Generate replays it."""
+    return (f"**This PNG is a fork:** {fork_path(request)}. Generate replays its whole path (the controls hold the "
             "settings before the first fork); forget the path to run the controls alone.")
 
 
