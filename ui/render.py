@@ -303,6 +303,22 @@ TOY_INVERSION = (
 
 
 
+def recovered_noise_caption(std: float, correlation: float, toy: bool) -> str:
+    """Under the Invert tab's "Recovered noise": what the image shows, its measured statistics, and why it can look
+    like the picture itself."""
+    text = (f"**Recovered noise** is x_T drawn with the Linear preview's latent-to-RGB map, so fresh Gaussian noise "
+            f"would be colour speckle all over. This one: spread σ = {std:.2f} (fresh noise: 1), correlation with the "
+            f"image's own latents {correlation:+.2f} (fresh noise: about 0). DDIM inversion is deterministic and adds "
+            "no randomness: x_T is computed from the image, step by step, so it can keep the image's structure.")
+    if toy:
+        text += (" In the toy world it looks like the picture itself: the denoiser is "
+                 "exact and has memorised its 96 shapes, so for a data image its clean estimate x̂₀ is that image at "
+                 "almost every step, and the noise each inverse step predicts is built from the image too. DDIM still "
+                 "maps this x_T back onto the image. A model that generalises, such as SDXL, gives an x_T closer to "
+                 "noise, though it keeps some structure.")
+    return text
+
+
 def whatif_summary(alt, seeds: tuple[int, ...], recorded_scale: float, recorded_mode: str) -> str:
     """What the what-if changes at its step, per seed: the guidance update's size ‖ε̂ − ε_c‖ at the run's settings
     and at the what-if's, and how far the clean-image estimate x̂₀ moved."""

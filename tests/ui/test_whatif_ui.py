@@ -177,12 +177,9 @@ def test_a_dropped_cache_says_to_generate_again(panel, explore):
 
 
 @pytest.fixture(scope="module")
-def toy_explore(tmp_path_factory):
-    from pipeline import toy_pipeline
-
-    toy = toy_pipeline()
-    return Explore(Handlers(toy, model_name="toy", presets=load_presets(), output_dir=tmp_path_factory.mktemp("toy")),
-                   default_size=toy.default_sample_size * toy.vae_scale_factor)
+def toy_explore(toy_pipe, tmp_path_factory):
+    return Explore(Handlers(toy_pipe, model_name="toy", presets=load_presets(), output_dir=tmp_path_factory.mktemp("toy")),
+                   default_size=toy_pipe.default_sample_size * toy_pipe.vae_scale_factor)
 
 
 def test_a_fork_that_ends_where_its_parent_ended_says_so_and_the_whatif_follows_the_fork(toy_explore):
