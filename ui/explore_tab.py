@@ -91,7 +91,6 @@ PAGE_DEFAULTS: dict[str, Any] = {
     "preview": "tiny",
 }
 PNG_LABEL = "Drop a CFG Explorer PNG to restore its settings"
-GALLERY_HEIGHT = 250  # px: one row of thumbnails; with the status and slider it leaves the plot in a 900 px window
 
 
 class Explore:
@@ -479,6 +478,8 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                 samples=[[p.name] for p in explore.presets], samples_per_page=20, elem_id="presets",
             )
             out["preset_note"] = gr.Markdown(elem_id="preset-note")
+            # What a preset, PNG or the Invert tab changed: beside the picker where it was chosen, not below the groups
+            out["changed"] = gr.Markdown(elem_id="changed-note")
             toy = is_toy(explore.pipe)
             c["prompt"] = _control(FieldTextbox, "prompt", "red circle" if toy else PAGE_DEFAULTS["prompt"], lines=2,
                                    info=render.CONTROL_INFO["prompt"])
@@ -561,19 +562,19 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                     out["link"] = gr.Textbox(label="Link to these settings", buttons=["copy"], interactive=False,
                                              info=f"At most {MAX_LINK_CHARS:,} characters: for long prompts, share a final PNG.")
                 out["link_note"] = gr.Markdown(elem_id="link-note")
-                out["png_in"] = FieldFile(label=PNG_LABEL, file_types=[".png"], type="filepath", height=120)
-            out["changed"] = gr.Markdown(elem_id="changed-note")
+                out["png_in"] = FieldFile(label=PNG_LABEL, file_types=[".png"], type="filepath", height=120,
+                                          elem_id="png-in")  # a PNG dropped on the results lands here too (layout.py)
         with gr.Column(scale=3, min_width=320, elem_id="results"):
             with gr.Row(elem_id="run-buttons"):
                 out["generate"] = gr.Button("Generate", variant="primary", scale=3, min_width=80)
                 out["stop"] = gr.Button("Stop", variant="stop", scale=1, min_width=60)
             out["status"] = gr.Markdown("Press **Generate**.", elem_id="status")
             out["start_note"] = gr.Markdown(elem_id="start-note")  # set when the Invert tab sends its noise here
-            out["clear_start"] = gr.Button("Forget the inverted noise", visible=False, size="sm")
+            out["clear_start"] = gr.Button("Forget the inverted noise", visible=False, size="sm", elem_id="clear-start")
             out["fork_note"] = gr.Markdown(elem_id="fork-note")  # set when a restored PNG is a fork's
-            out["clear_fork"] = gr.Button("Forget the fork path", visible=False, size="sm")
+            out["clear_fork"] = gr.Button("Forget the fork path", visible=False, size="sm", elem_id="clear-fork")
             out["gallery"] = gr.Gallery(
-                label="Images", columns=4, format="jpeg", object_fit="contain", height=GALLERY_HEIGHT,
+                label="Images", columns=4, format="jpeg", object_fit="contain", height="auto",
                 buttons=["download", "fullscreen"], elem_id="images",
             )
             with gr.Row(equal_height=True, elem_id="revisit"):
@@ -582,7 +583,6 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                                                buttons=[], elem_id="step-slider",
                                                info="Drag, or focus it and use the arrow keys: the images follow.")
                 out["final_btn"] = gr.Button("Final images", visible=False, size="sm", scale=1, min_width=100)
-            out["whatif"] = build_whatif(explore)
             out["decomposition_note"] = gr.Markdown(visible=False, elem_id="decomposition-note")
             out["decomposition"] = gr.Gallery(
                 label="Decomposition", show_label=False, columns=4, format="jpeg", object_fit="contain",
@@ -593,6 +593,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                 x="step", y="guidance_norm", color="seed", label="Guidance vector size ‖ε_c − ε_u‖ per step",
                 x_title="step", y_title="‖ε_c − ε_u‖", sort=[], height=300, elem_id="norm-plot",
             )
+            out["whatif"] = build_whatif(explore)  # below the plot: the plot stays within a 900 px window
             out["downloads"] = gr.File(label="Final PNGs, settings embedded (restore them under Links and saved settings)",
                                        file_count="multiple", interactive=False, elem_id="downloads", height=110)
     out["error_text"] = gr.Textbox(visible=False)  # carries a refused run's message back to the server
@@ -608,6 +609,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
 # Reads the newest error message the page showed (a toast), so the status can repeat it and mark the control.
 READ_ERROR = """() => { const t = [...document.querySelectorAll('.toast-message-text.error')].pop();
     return t ? t.innerText : ''; }"""
+SHOW_CHANGED = "() => { document.querySelector('#changed-note')?.scrollIntoView({block: 'nearest'}); }"
 COPY_LINK = """async (link) => {
     if (!link) return '';
     try { await navigator.clipboard.writeText(link); return '✓ Copied the link to the clipboard.'; }
@@ -689,12 +691,14 @@ def wire_explore(demo: gr.Blocks, explore: Explore, c: dict, out: dict, start_la
     out["link_btn"].click(explore.bound("share_link"), inputs=controls, outputs=out["link"], api_name="share_link").then(
         None, inputs=out["link"], outputs=out["link_note"], js=COPY_LINK)
     fork_outputs = [out["fork_path"], out["fork_note"], out["clear_fork"]]
-    out["png_in"].upload(explore.snapshot, inputs=controls, outputs=out["before"], api_visibility="private",
-                         queue=False, show_progress="hidden").then(
+    restored = out["png_in"].upload(explore.snapshot, inputs=controls, outputs=out["before"], api_visibility="private",
+                                    queue=False, show_progress="hidden").then(
         explore.restore_from_png, inputs=[out["png_in"], out["before"]], outputs=[*controls, out["changed"], *groups],
-        api_name="restore_from_png").success(
-        explore.fork_path_of_png, inputs=out["png_in"], outputs=fork_outputs, api_visibility="private", queue=False,
-        show_progress="hidden")
+        api_name="restore_from_png")
+    restored.success(explore.fork_path_of_png, inputs=out["png_in"], outputs=fork_outputs, api_visibility="private",
+                     queue=False, show_progress="hidden")
+    # The PNG may have been dropped at the bottom of the controls or on the results: show what it changed.
+    restored.success(None, js=SHOW_CHANGED, api_visibility="private", queue=False, show_progress="hidden")
     # A preset, or the button, leaves the restored fork path behind: Generate then runs the controls alone.
     for event in (out["presets"].click, out["clear_fork"].click):
         event(lambda: (None, "", gr.update(visible=False)), outputs=fork_outputs, api_visibility="private",

@@ -107,7 +107,7 @@ def test_a_fork_png_dropped_on_the_page_keeps_its_path_for_generate(toy_page, tm
     wait_for_text(page, "#fork-note", r"This PNG is a fork: Guidance scale 7.5 → 1 from step 3\. Generate replays its whole path")
     forget = page.get_by_role("button", name="Forget the fork path", exact=True)
     assert forget.is_visible()
-    wait_for_text(page, "#changed-note", r"This PNG is a fork")  # said where it was dropped, too
+    wait_for_text(page, "#changed-note", r"This PNG is a fork")  # said beside the presets, scrolled into view
     page.locator("#fork-note").scroll_into_view_if_needed()
     screenshot(page, "whatif-4-fork-png.png")
     log_status(page)
