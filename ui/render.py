@@ -311,10 +311,13 @@ def recovered_noise_caption(std: float, correlation: float, toy: bool) -> str:
             f"image's own latents {correlation:+.2f} (fresh noise: about 0). DDIM inversion is deterministic and adds "
             "no randomness: x_T is computed from the image, step by step, so it can keep the image's structure.")
     if toy:
-        text += (" In the toy world it looks like the picture itself: the denoiser is "
-                 "exact and has memorised its 96 shapes, so for a data image its clean estimate x̂₀ is that image at "
-                 "almost every step, and the noise each inverse step predicts is built from the image too. DDIM still "
-                 "maps this x_T back onto the image. A model that generalises, such as SDXL, gives an x_T closer to "
+        # An inverse DDIM step is x_{t+1} = sqrt(ā_{t+1}) x̂₀ + sqrt(1 - ā_{t+1}) ε̂, with ε̂ read off x_t and x̂₀
+        # (Song et al. 2020, eq. 12): every x_t is a mix of the image's latents and the estimates x̂₀ met on the way.
+        text += (" In the toy world it looks like the picture itself: each inverse step mixes the current latent with "
+                 "the denoiser's clean estimate x̂₀, and the toy's exact denoiser estimates x̂₀ as a weighted average of "
+                 "its 96 drawn shapes (guidance combines two such averages; for one of its own images, almost always "
+                 "that very image), so x_T is the image and those shapes, scaled, with no noise in it. How well DDIM "
+                 "maps it back is the PSNR above. A model that generalises, such as SDXL, gives an x_T closer to "
                  "noise, though it keeps some structure.")
     return text
 
