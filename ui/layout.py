@@ -37,7 +37,8 @@ CSS = """
 /* Thumbnails sized by the column, not by how many images there are, and the gallery as tall as its rows: 8 seeds
    show both rows, and with 1-5 seeds the guidance plot below stays within a 1440x900 window. */
 #images .grid-container { grid-template-columns: repeat(auto-fill, minmax(128px, 1fr)); }
-#images .fixed-height, #images .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
+#images .fixed-height, #images .grid-wrap, #sweep-cells .fixed-height, #sweep-cells .grid-wrap {
+  height: auto !important; min-height: 0 !important; max-height: none !important; }
 /* Empty notes take no room (each would still cost the column's gap). */
 #start-note:has(span.md:empty), #fork-note:has(span.md:empty), #norm-note:has(span.md:empty),
 #preset-note:has(span.md:empty), #changed-note:has(span.md:empty) { display: none; }
@@ -55,6 +56,9 @@ CSS = """
 #title p { margin: 0; }
 /* Sweep cells: the whole caption ("Guidance scale 7.5 · Guidance mode Conditional only"), wrapped, not "Guidance …". */
 #sweep-cells .caption-label { white-space: normal; overflow: visible; text-overflow: clip; max-width: calc(100% - 8px); }
+@media (max-width: 640px) {  /* two cells to a row, so a wrapped caption leaves most of its cell in view */
+  #sweep-cells .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+}
 /* A phone stacks the columns, and Generate sat below every control (2,290 px down). The columns give up their
    boxes, so their blocks can be ordered as one list: the prompt, then Generate with the run's images, then the
    presets and the other controls, then the plot, what-if and files. */
