@@ -149,3 +149,16 @@ def error_curve(
     for scale in guidance_scales:
         for n in steps:
             yield reconstruct(pipe, image, invert(pipe, image, prompt, n, scale, width=width, height=height))
+
+
+def noise_statistics(inversion: Inversion) -> tuple[float, float]:
+    """(standard deviation of the recovered x_T, its correlation with the image's latents x_0).
+
+    Fresh Gaussian noise has a standard deviation of 1 and no correlation with any image. DDIM inversion adds no
+    randomness, so what it recovers is a deterministic function of the image and can keep its structure (Parmar et
+    al. 2023, pix2pix-zero, regularise inverted noise towards Gaussian statistics for this reason).
+    """
+    noise, latents = inversion.noise.flatten().double(), inversion.latents.flatten().double()
+    std = float(noise.std())
+    correlation = float(torch.corrcoef(torch.stack([noise, latents]))[0, 1]) if latents.std() > 0 else 0.0
+    return std, correlation

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -21,6 +21,8 @@ AXES: tuple[str, ...] = ("seed", "guidance_scale", "mode", "scheduler", "eta", "
 MAX_CELLS = 64
 MAX_BATCH = 8  # images per UNet batch: a whole 64-cell grid of SDXL at once would not fit on most GPUs
 NUMERIC_AXES = {"seed": int, "guidance_scale": float, "eta": float, "guidance_rescale": float, "interval_start": float}
+CELL_GAP = 6  # px of background between neighbouring cells, so that they do not read as one picture
+CELL_FRAME = (160, 160, 160)  # a thin frame round each cell: white-on-white neighbours stay apart too
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +98,10 @@ def batches(cells: list[Cell], max_batch: int = MAX_BATCH) -> list[list[Cell]]:
     return [group[i : i + max_batch] for group in groups.values() for i in range(0, len(group), max_batch)]
 
 
-def run_sweep(pipe, base: GenerationRequest, x: Axis, y: Axis, max_batch: int = MAX_BATCH) -> Iterator[SweepEvent]:
-    """Run every cell, batch by batch, yielding progress each step; the last event carries the grid."""
+def run_sweep(pipe, base: GenerationRequest, x: Axis, y: Axis, max_batch: int = MAX_BATCH,
+              title: Callable[[str], str] = str, shown: Callable[[str, Any], str] | None = None) -> Iterator[SweepEvent]:
+    """Run every cell, batch by batch, yielding progress each step; the last event carries the grid, labelled by
+    `title` and `shown` (see `grid_image`)."""
     cells = sweep_cells(base, x, y)
     images: dict[int, Image.Image] = {}
     for batch in batches(cells, max_batch):
@@ -109,38 +113,48 @@ def run_sweep(pipe, base: GenerationRequest, x: Axis, y: Axis, max_batch: int = 
             images[cell.index] = final_images(pipe, event.latents)[0]
             finished.append((cell, images[cell.index]))
         last = len(images) == len(cells)
-        grid = grid_image([images[c.index] for c in cells], x, y) if last else None
+        grid = grid_image([images[c.index] for c in cells], x, y, title=title, shown=shown) if last else None
         yield SweepEvent(len(images), len(cells), events[0].total, events[0].total, tuple(finished), grid)
 
 
-def _value(value: Any) -> str:
+def _value(name: str, value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def grid_image(images: list[Image.Image], x: Axis, y: Axis, font_size: int = 16) -> Image.Image:
-    """Images in rows (y) and columns (x). The x axis's name heads the columns and each column shows its
-    value; the y axis's name sits in the corner above the row values."""
+def grid_image(images: list[Image.Image], x: Axis, y: Axis, font_size: int = 16, title: Callable[[str], str] = str,
+               shown: Callable[[str, Any], str] | None = None) -> Image.Image:
+    """Images in rows (y) and columns (x), `CELL_GAP` apart and each framed. The x axis's title heads the columns
+    and each column shows its value; the y axis's title sits in the corner above the row values.
+
+    `title(axis name)` and `shown(axis name, value)` give the words drawn: a page passes its controls' labels
+    ("Guidance scale", "Standard CFG"); by default the axis names and values themselves.
+    """
+    shown = shown or _value
+    x_title, y_title = title(x.name), title(y.name)
+    x_texts, y_texts = [shown(x.name, v) for v in x.values], [shown(y.name, v) for v in y.values]
     font = ImageFont.load_default(size=font_size)
     w, h = images[0].size
-    pad = font_size // 2
+    pad, gap = font_size // 2, CELL_GAP
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    left = int(max([measure.textlength(_value(v), font=font) for v in y.values] + [measure.textlength(y.name, font=font)])) + 2 * pad
+    left = int(max(measure.textlength(text, font=font) for text in [*y_texts, y_title])) + 2 * pad
     top = 2 * (font_size + pad) + pad
     cols, rows = len(x.values), len(y.values)
-    # Narrow cells (small images, long values) widen to fit their label.
-    cell_w = max(w, int(max(measure.textlength(_value(v), font=font) for v in x.values)) + 2 * pad)
-    grid = Image.new("RGB", (left + cell_w * cols, top + h * rows), "white")
+    # Narrow cells (small images, long values) widen to fit their label; each cell is an image and its gap.
+    cell_w = max(w, int(max(measure.textlength(text, font=font) for text in x_texts)) + 2 * pad) + gap
+    cell_h = h + gap
+    grid = Image.new("RGB", (left + cell_w * cols, top + cell_h * rows), "white")
     draw = ImageDraw.Draw(grid)
-    name_x = left + (cell_w * cols - draw.textlength(x.name, font=font)) / 2
-    draw.text((max(left, name_x), pad), x.name, fill="black", font=font)
-    draw.text((pad, pad + font_size + pad), y.name, fill="gray", font=font)
-    for col, value in enumerate(x.values):
-        text = _value(value)
+    name_x = left + (cell_w * cols - draw.textlength(x_title, font=font)) / 2
+    draw.text((max(left, name_x), pad), x_title, fill="black", font=font)
+    draw.text((pad, pad + font_size + pad), y_title, fill="gray", font=font)
+    for col, text in enumerate(x_texts):
         draw.text((left + col * cell_w + (cell_w - draw.textlength(text, font=font)) / 2, 2 * pad + font_size), text,
                   fill="black", font=font)
-    for row, value in enumerate(y.values):
-        draw.text((pad, top + row * h + (h - font_size) / 2), _value(value), fill="black", font=font)
+    for row, text in enumerate(y_texts):
+        draw.text((pad, top + row * cell_h + (cell_h - font_size) / 2), text, fill="black", font=font)
     for i, image in enumerate(images):
         col, row = i % cols, i // cols
-        grid.paste(image, (left + col * cell_w + (cell_w - w) // 2, top + row * h))
+        at = (left + col * cell_w + (cell_w - w) // 2, top + row * cell_h + gap // 2)
+        draw.rectangle((at[0] - 1, at[1] - 1, at[0] + w, at[1] + h), outline=CELL_FRAME)
+        grid.paste(image, at)
     return grid

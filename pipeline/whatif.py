@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from diffusers import StableDiffusionXLPipeline
@@ -265,20 +265,28 @@ def forked_request(run_cache: RunCache, step: int, new_request: GenerationReques
 _SHORT = {"guidance_scale": "s", "mode": "mode"}
 
 
-def branch_name(before: GenerationRequest, after: GenerationRequest, step: int) -> str:
-    """What a fork changed, e.g. "s 7.5 → 3 from step 12"."""
+def _short(name: str) -> str:
+    return _SHORT.get(name, name)
 
-    def show(value: object) -> str:
-        return f"{value:g}" if isinstance(value, float) else str(value)
 
-    changed = [f"{_SHORT.get(name, name)} {show(getattr(before, name))} → {show(getattr(after, name))}"
+def _shown(name: str, value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def branch_name(before: GenerationRequest, after: GenerationRequest, step: int,
+                title: Callable[[str], str] = _short, shown: Callable[[str, Any], str] = _shown) -> str:
+    """What a fork changed, e.g. "s 7.5 → 3 from step 12". `title(field)` and `shown(field, value)` give the words:
+    a page passes its controls' labels ("Guidance scale 7.5 → 3", "Standard CFG → Reversed guidance")."""
+    changed = [f"{title(name)} {shown(name, getattr(before, name))} → {shown(name, getattr(after, name))}"
                for name in FORKABLE if getattr(before, name) != getattr(after, name)]
     return f"{', '.join(changed) or 'no change'} from step {step}"
 
 
-def path_name(request: GenerationRequest) -> str:
-    """A fork's whole path, e.g. "s 7.5 → 3 from step 12 ▸ mode cfg → reversed from step 20"; "" without forks."""
-    return " ▸ ".join(branch_name(request.settings_at(p.step - 1), request.settings_at(p.step), p.step)
+def path_name(request: GenerationRequest, title: Callable[[str], str] = _short,
+              shown: Callable[[str, Any], str] = _shown) -> str:
+    """A fork's whole path, e.g. "s 7.5 → 3 from step 12 ▸ mode cfg → reversed from step 20"; "" without forks.
+    `title` and `shown` as in `branch_name`."""
+    return " ▸ ".join(branch_name(request.settings_at(p.step - 1), request.settings_at(p.step), p.step, title, shown)
                       for p in request.forks)
 
 

@@ -108,7 +108,6 @@ def page_defaults(toy: bool) -> dict[str, Any]:
 
 
 PNG_LABEL = "Drop a CFG Explorer PNG to restore its settings"
-GALLERY_HEIGHT = 250  # px: one row of thumbnails; with the status and slider it leaves the plot in a 900 px window
 
 
 class Explore:
@@ -225,6 +224,7 @@ class Explore:
         yield self._out(
             status=intro or render.starting(request), step_slider=gr.update(visible=False),
             norm_plot=plot(**guidance_plot.labels(request.mode)), downloads=None,
+            gallery=gr.update(label=render.images_label(history.name)),  # the branch this run's images will show
             history=None, decomposition=gr.update(value=[], visible=decomposed), final_btn=gr.update(visible=False),
             run_id=run_id,
             norm_note=guidance_plot.note(request),
@@ -552,6 +552,8 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                 samples=[[p.title(explore.toy)] for p in explore.presets], samples_per_page=20, elem_id="presets",
             )
             out["preset_note"] = gr.Markdown(elem_id="preset-note")
+            # What a preset, PNG or the Invert tab changed: beside the picker where it was chosen, not below the groups
+            out["changed"] = gr.Markdown(elem_id="changed-note")
             toy = is_toy(explore.pipe)
             defaults = page_defaults(toy)
             c["prompt"] = _control(FieldTextbox, "prompt", defaults["prompt"], lines=2,
@@ -643,19 +645,19 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                     out["link"] = gr.Textbox(label="Link to these settings", buttons=["copy"], interactive=False,
                                              info=f"At most {MAX_LINK_CHARS:,} characters: for long prompts, share a final PNG.")
                 out["link_note"] = gr.Markdown(elem_id="link-note")
-                out["png_in"] = FieldFile(label=PNG_LABEL, file_types=[".png"], type="filepath", height=120)
-            out["changed"] = gr.Markdown(elem_id="changed-note")
+                out["png_in"] = FieldFile(label=PNG_LABEL, file_types=[".png"], type="filepath", height=120,
+                                          elem_id="png-in")  # a PNG dropped on the results lands here too (layout.py)
         with gr.Column(scale=3, min_width=320, elem_id="results"):
             with gr.Row(elem_id="run-buttons"):
                 out["generate"] = gr.Button("Generate", variant="primary", scale=3, min_width=80)
                 out["stop"] = gr.Button("Stop", variant="stop", scale=1, min_width=60)
             out["status"] = gr.Markdown("Press **Generate**.", elem_id="status")
             out["start_note"] = gr.Markdown(elem_id="start-note")  # set when the Invert tab sends its noise here
-            out["clear_start"] = gr.Button("Forget the inverted noise", visible=False, size="sm")
+            out["clear_start"] = gr.Button("Forget the inverted noise", visible=False, size="sm", elem_id="clear-start")
             out["fork_note"] = gr.Markdown(elem_id="fork-note")  # set when a restored PNG is a fork's
-            out["clear_fork"] = gr.Button("Forget the fork path", visible=False, size="sm")
+            out["clear_fork"] = gr.Button("Forget the fork path", visible=False, size="sm", elem_id="clear-fork")
             out["gallery"] = ServedGallery(
-                label="Images", columns=4, format="jpeg", object_fit="contain", height=GALLERY_HEIGHT,
+                label="Images", columns=4, format="jpeg", object_fit="contain", height="auto",
                 buttons=["download", "fullscreen"], elem_id="images",
             )
             with gr.Row(equal_height=True, elem_id="revisit"):
@@ -664,7 +666,6 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                                                buttons=[], elem_id="step-slider",
                                                info="Drag, or focus it and use the arrow keys: the images follow.")
                 out["final_btn"] = gr.Button("Final images", visible=False, size="sm", scale=1, min_width=100)
-            out["whatif"] = build_whatif(explore)
             out["decomposition_note"] = gr.Markdown(visible=False, elem_id="decomposition-note")
             out["decomposition"] = ServedGallery(
                 label="Decomposition", show_label=False, columns=4, format="jpeg", object_fit="contain",
@@ -675,6 +676,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
                 x="step", y=guidance_plot.Y, color="seed", **guidance_plot.labels("cfg"), x_title="step", sort=[],
                 height=300, elem_id="norm-plot", visible=False,  # shown with its first point
             )
+            out["whatif"] = build_whatif(explore)  # below the plot: the plot stays within a 900 px window
             out["downloads"] = gr.File(label="Final PNGs, settings embedded (restore them under Links and saved settings)",
                                        file_count="multiple", interactive=False, elem_id="downloads", height=110)
     out["invalid_style"] = gr.HTML("", elem_id="invalid-style", padding=False,  # marks the control it names
@@ -695,6 +697,7 @@ KEEP_TYPED_VALUES = """if (!window.cfgKeepTypedValues) { window.cfgKeepTypedValu
     window.addEventListener('blur', (e) => { const t = e.target;
         if (t instanceof HTMLInputElement && t.type === 'number' && t.closest('.block')?.querySelector('input[type=range]'))
             e.stopImmediatePropagation(); }, true); }"""
+SHOW_CHANGED = "() => { document.querySelector('#changed-note')?.scrollIntoView({block: 'nearest'}); }"
 COPY_LINK = """async (link) => {
     if (!link) return '';
     try { await navigator.clipboard.writeText(link); return '✓ Copied the link to the clipboard.'; }
@@ -780,12 +783,14 @@ def wire_explore(demo: gr.Blocks, explore: Explore, c: dict, out: dict, start_la
     out["link_btn"].click(explore.bound("share_link"), inputs=controls, outputs=out["link"], api_name="share_link").then(
         None, inputs=out["link"], outputs=out["link_note"], js=COPY_LINK)
     fork_outputs = [out["fork_path"], out["fork_note"], out["clear_fork"]]
-    out["png_in"].upload(explore.snapshot, inputs=controls, outputs=out["before"], api_visibility="private",
-                         queue=False, show_progress="hidden").then(
+    restored = out["png_in"].upload(explore.snapshot, inputs=controls, outputs=out["before"], api_visibility="private",
+                                    queue=False, show_progress="hidden").then(
         explore.restore_from_png, inputs=[out["png_in"], out["before"]], outputs=[*controls, out["changed"], *groups],
-        api_name="restore_from_png").success(
-        explore.fork_path_of_png, inputs=out["png_in"], outputs=fork_outputs, api_visibility="private", queue=False,
-        show_progress="hidden")
+        api_name="restore_from_png")
+    restored.success(explore.fork_path_of_png, inputs=out["png_in"], outputs=fork_outputs, api_visibility="private",
+                     queue=False, show_progress="hidden")
+    # The PNG may have been dropped at the bottom of the controls or on the results: show what it changed.
+    restored.success(None, js=SHOW_CHANGED, api_visibility="private", queue=False, show_progress="hidden")
     # A preset, or the button, leaves the restored fork path behind: Generate then runs the controls alone.
     for event in (out["presets"].click, out["clear_fork"].click):
         event(lambda: (None, "", gr.update(visible=False)), outputs=fork_outputs, api_visibility="private",

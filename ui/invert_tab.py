@@ -11,7 +11,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline import RequestError
-from pipeline.inversion import Inversion, error_curve, fit_size, invert, reconstruct
+from pipeline.inversion import Inversion, error_curve, fit_size, invert, noise_statistics, reconstruct
 from pipeline.models import is_toy
 from pipeline.previews import make_preview_decoder
 from pipeline.uploads import load_image
@@ -24,6 +24,8 @@ from .handlers import gpu, gpu_seconds, gr_error
 from .served import ServedImage
 
 CURVE_STEPS = "5, 10, 25, 50"
+UPLOAD_PROMPT = "Upload an image and press **Invert**."
+CURVE_PROMPT = "Press **Error curve** to invert and reconstruct at each number of steps."
 MAX_CURVE_POINTS = 8  # steps values per curve; each costs an inversion and a reconstruction per scale
 STRONG_GUIDANCE = 7.5  # the curve's second scale when the chosen one is not above 1
 FIELD_LABELS = {  # library field -> this tab's label
@@ -118,6 +120,17 @@ class Inversions:
         width, height = fit_size(image)
         yield None, None, f"**Inverting** {width}x{height} with {int(steps)} DDIM steps...", None
         yield from self._invert(image, prompt or "", int(steps), float(guidance_scale))
+
+    def noise_caption(self, inversion: Inversion | None) -> str:
+        """Under "Recovered noise": what it shows and why it can look like the picture (render.recovered_noise_caption)."""
+        return "" if inversion is None else render.recovered_noise_caption(*noise_statistics(inversion),
+                                                                           is_toy(self.handlers.pipe))
+
+    def clear(self) -> tuple:
+        """A new image: the last image's results go, so nothing on the tab describes another image. Outputs: noise,
+        reconstruction, result, inversion, noise caption, plot, table, curve status."""
+        plot, table = self._tables([], (), ())
+        return (None, None, UPLOAD_PROMPT, None, "", plot, table, CURVE_PROMPT)
 
     # inversion, then reconstruction: two DDIM runs, each of two UNet passes per step when guided
     @gpu(duration=lambda self, image, prompt, steps, scale: gpu_seconds(2 * steps * (1 + (scale != 1)), *fit_size(image)))
@@ -231,20 +244,21 @@ def build_invert_tab(handlers, targets: dict, start_latents: gr.State, explore=N
                 invert_btn = gr.Button("Invert", variant="primary")
                 use_btn = gr.Button("Use this noise in Explore")
         with gr.Column(scale=3):
-            result = gr.Markdown("Upload an image and press **Invert**.", label="Inversion result",
+            result = gr.Markdown(UPLOAD_PROMPT, label="Inversion result",
                                  elem_id="invert-result")
             with gr.Row():
                 noise = ServedImage(label="Recovered noise", interactive=False, format="png", elem_id="invert-noise",
                                  buttons=["download", "fullscreen"])
                 reconstruction = ServedImage(label="Reconstruction", interactive=False, format="png",
                                           elem_id="invert-reconstruction", buttons=["download", "fullscreen"])
+            noise_caption = gr.Markdown(elem_id="invert-noise-caption")
     with gr.Accordion("Reconstruction error vs steps", open=True):
         with gr.Row():
             curve_steps = FieldTextbox(label="Curve steps", value=CURVE_STEPS, scale=3,
                                      info="Comma-separated numbers of steps; each runs at guidance 1 and at the "
                                      f"chosen scale (or {STRONG_GUIDANCE:g} when that is not above 1).")
             curve_btn = gr.Button("Error curve", scale=1)
-        curve_status = gr.Markdown("Press **Error curve** to invert and reconstruct at each number of steps.",
+        curve_status = gr.Markdown(CURVE_PROMPT,
                                    label="Error curve status", elem_id="curve-status")
         # The plot on a row of its own: beside the table it was drawn narrower than it ended up, which cut off its
         # y axis title and the first digits of its labels.
@@ -256,7 +270,13 @@ def build_invert_tab(handlers, targets: dict, start_latents: gr.State, explore=N
     last = gr.State(None)  # this session's last Inversion
 
     invert_btn.click(inversions.invert, inputs=[image, prompt, steps, scale],
-                     outputs=[noise, reconstruction, result, last], api_name="invert", concurrency_id="gpu")
+                     outputs=[noise, reconstruction, result, last], api_name="invert", concurrency_id="gpu").then(
+        inversions.noise_caption, inputs=last, outputs=noise_caption, api_visibility="private", queue=False,
+        show_progress="hidden")
+    # A new (or removed) image: the last image's noise, round trip, curve and table no longer describe it.
+    gr.on([image.upload, image.clear], inversions.clear,
+          outputs=[noise, reconstruction, result, last, noise_caption, plot, table, curve_status],
+          api_name="clear_inversion", queue=False, show_progress="hidden")
     curve_btn.click(
         inversions.error_curve, inputs=[image, prompt, scale, curve_steps], outputs=[plot, table, curve_status],
         api_name="error_curve", concurrency_id="gpu",

@@ -28,13 +28,20 @@ CSS = """
   #results { position: sticky; top: 0; align-self: flex-start; max-height: calc(100vh - 100px); overflow-y: auto;
              flex-wrap: nowrap; }
   #results > * { flex-shrink: 0; }  /* scroll within the column rather than squeeze the plot to nothing */
+  #results { row-gap: 8px; }  /* half Gradio's gap: the guidance plot fits under the images in a 900 px window */
 }
 #run-buttons { flex-wrap: nowrap; }
 #status { min-height: 1.6em; }
 #presets button { margin: 0; }
 #decomposition .caption-label, #images .caption-label { white-space: nowrap; }
-/* Thumbnails sized by the column, not by how many images there are: two seeds stay within the gallery's height. */
-#images .grid-container { grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)); }
+/* Thumbnails sized by the column, not by how many images there are, and the gallery as tall as its rows: 8 seeds
+   show both rows, and with 1-5 seeds the guidance plot below stays within a 1440x900 window. */
+#images .grid-container { grid-template-columns: repeat(auto-fill, minmax(128px, 1fr)); }
+#images .fixed-height, #images .grid-wrap, #sweep-cells .fixed-height, #sweep-cells .grid-wrap {
+  height: auto !important; min-height: 0 !important; max-height: none !important; }
+/* Empty notes take no room (each would still cost the column's gap). */
+#start-note:has(span.md:empty), #fork-note:has(span.md:empty), #norm-note:has(span.md:empty),
+#preset-note:has(span.md:empty), #changed-note:has(span.md:empty) { display: none; }
 #decomposition .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)); }
 /* What-if: each seed's x̂₀ beside its difference image, two seeds to a row (one on a phone). */
 #whatif .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)); }
@@ -47,7 +54,53 @@ CSS = """
 #downloads .wrap { min-height: 0; }
 #title h2 { margin: 0 0 4px 0; }
 #title p { margin: 0; }
+/* Sweep cells: the whole caption ("Guidance scale 7.5 · Guidance mode Conditional only"), wrapped, not "Guidance …". */
+#sweep-cells .caption-label { white-space: normal; overflow: visible; text-overflow: clip; max-width: calc(100% - 8px); }
+@media (max-width: 640px) {  /* two cells to a row, so a wrapped caption leaves most of its cell in view */
+  #sweep-cells .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+}
+/* A phone stacks the columns, and Generate sat below every control (2,290 px down). The columns give up their
+   boxes, so their blocks can be ordered as one list: the prompt, then Generate with the run's images, then the
+   presets and the other controls, then the plot, what-if and files. */
+@media (max-width: 767px) {
+  #explore { flex-direction: column; flex-wrap: nowrap; }
+  #controls, #results { display: contents; }
+  #controls > * { order: 3; }
+  #results > * { order: 4; }
+  #controls > .form:has(#ctl-prompt) { order: 0; }
+  #run-buttons, #status, #start-note, #clear-start, #fork-note, #clear-fork, #images, #revisit { order: 1; }
+  #presets, #preset-note, #changed-note, #toy-words { order: 2; }
+}
 """
+# A PNG dropped anywhere on the results column (the gallery, the plot, the status) restores its settings as the
+# file box under "Links and saved settings" does: it is handed to that box's file input, whose upload event runs
+# the same restore. The group is opened first when closed (Gradio renders a closed group's contents only once it
+# has been opened). Other files, and drops elsewhere, are left to the browser and the components.
+ACCEPT_DROPPED_PNG = """() => {
+    const isPng = (f) => f && (f.type === 'image/png' || f.name.toLowerCase().endsWith('.png'));
+    const over = (e) => e.target instanceof Element && e.target.closest('#results');
+    const fileInput = () => document.querySelector('#png-in input[type=file]');
+    async function handOver(file) {
+        if (!fileInput()) document.querySelector('#group-links .label-wrap')?.click();
+        for (let i = 0; i < 100 && !fileInput(); i++) await new Promise((r) => setTimeout(r, 50));
+        const input = fileInput();
+        if (!input) return;
+        const files = new DataTransfer();
+        files.items.add(file);
+        input.files = files.files;
+        input.dispatchEvent(new Event('change', {bubbles: true}));
+    }
+    document.addEventListener('dragover', (e) => {
+        if (over(e) && [...(e.dataTransfer?.items || [])].some((i) => i.kind === 'file')) e.preventDefault();
+    });
+    document.addEventListener('drop', (e) => {
+        const file = over(e) && [...(e.dataTransfer?.files || [])].find(isPng);
+        if (!file) return;
+        e.preventDefault();
+        handOver(file);
+    });
+}"""
+
 
 
 def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -> gr.Blocks:
@@ -68,6 +121,7 @@ def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -
             with gr.Tab("Invert", id="invert"):
                 build_invert_tab(handlers, {**c, **out, "tabs": tabs}, start_latents, explore)
         wire_explore(demo, explore, c, out, start_latents)
+        demo.load(None, js=ACCEPT_DROPPED_PNG, api_visibility="private", queue=False)
     return demo
 
 

@@ -97,6 +97,14 @@ def mode_label(mode: str) -> str:
     return next((label for label, value in MODE_CHOICES if value == mode), mode)
 
 
+def shown_value(name: str, value: object) -> str:
+    """A setting's value as the page shows it: a choice by its label ("Standard CFG", not "cfg"), a number by %g."""
+    labels = dict((v, label) for label, v in CHOICES.get(name, ()))
+    if value in labels:
+        return labels[value]
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def control_notes(mode: str) -> dict[str, tuple[str, bool]]:
     """Per mode-dependent control: (info line, whether the mode reads it)."""
     unused = UNUSED_BY_MODE.get(mode, {})
@@ -329,6 +337,25 @@ TOY_INVERSION = (
 
 
 
+def recovered_noise_caption(std: float, correlation: float, toy: bool) -> str:
+    """Under the Invert tab's "Recovered noise": what the image shows, its measured statistics, and why it can look
+    like the picture itself."""
+    text = (f"**Recovered noise** is x_T drawn with the Linear preview's latent-to-RGB map, so fresh Gaussian noise "
+            f"would be colour speckle all over. This one: spread σ = {std:.2f} (fresh noise: 1), correlation with the "
+            f"image's own latents {correlation:+.2f} (fresh noise: about 0). DDIM inversion is deterministic and adds "
+            "no randomness: x_T is computed from the image, step by step, so it can keep the image's structure.")
+    if toy:
+        # An inverse DDIM step is x_{t+1} = sqrt(ā_{t+1}) x̂₀ + sqrt(1 - ā_{t+1}) ε̂, with ε̂ read off x_t and x̂₀
+        # (Song et al. 2020, eq. 12): every x_t is a mix of the image's latents and the estimates x̂₀ met on the way.
+        text += (" In the toy world it looks like the picture itself: each inverse step mixes the current latent with "
+                 "the denoiser's clean estimate x̂₀, and the toy's exact denoiser estimates x̂₀ as a weighted average of "
+                 "its 96 drawn shapes (guidance combines two such averages; for one of its own images, almost always "
+                 "that very image), so x_T is the image and those shapes, scaled, with no noise in it. How well DDIM "
+                 "maps it back is the PSNR above. A model that generalises, such as SDXL, gives an x_T closer to "
+                 "noise, though it keeps some structure.")
+    return text
+
+
 def whatif_summary(alt, seeds: tuple[int, ...], recorded_scale: float, recorded_mode: str) -> str:
     """What the what-if changes at its step, per seed: the guidance update's size ‖ε̂ − ε_c‖ at the run's settings
     and at the what-if's, and how far the clean-image estimate x̂₀ moved."""
@@ -357,11 +384,43 @@ def showing_branch(name: str) -> str:
     return f"**Showing branch:** {name}. The step slider, what-if and forks now follow it."
 
 
-def fork_path_note(request) -> str:
-    """A restored fork's PNG: what its path changed, and that Generate replays it."""
+def fork_path(request) -> str:
+    """A fork's path in the page's words: the controls' labels and the choices' labels, never field names or ids
+    ("Guidance mode Standard CFG → Reversed guidance from step 5")."""
     from pipeline.whatif import path_name
 
-    return (f"**This PNG is a fork:** {path_name(request)}. Generate replays its whole path (the controls hold the "
+    from .controls import label_of
+
+    return path_name(request, label_of, shown_value)
+
+
+def images_label(branch: str) -> str:
+    """The gallery's label: which branch its images show."""
+    return "Images: the run" if branch == "the run" else f"Images: fork {branch}"
+
+
+def fork_ending(branch: str, step: int, same: list[int], different: list[int], toy: bool) -> str:
+    """After a fork: which seeds' final images are pixel for pixel the parent's, and why that happens."""
+    if not same:
+        return f"**Fork {branch}:** every seed's final image differs from its parent's."
+    seeds = ", ".join(map(str, same))
+    which = "every seed" if not different else f"seed{'s' if len(same) > 1 else ''} {seeds}"
+    head = (f"**The fork ends where its parent ended** for {which}: the final image{'s are' if len(same) > 1 else ' is'} "
+            f"pixel for pixel the parent's")
+    if different:
+        head += f" (seed{'s' if len(different) > 1 else ''} {', '.join(map(str, different))} differ{'s' if len(different) == 1 else ''})"
+    why = (f" By step {step} those samples had already settled on their picture: the what-if's Δ shows that the new "
+           "guidance changes that step's estimate x̂₀, but the steps after it still lead to the same image.")
+    if toy:
+        why += (" In the toy world this comes early: its denoiser is exact, so once a sample lies clearly nearer one "
+                "of its 96 data items than any other, the remaining steps end on that item with or without guidance. "
+                "Fork from step 1 to see guidance change where a sample ends.")
+    return head + "." + why
+
+
+def fork_path_note(request) -> str:
+    """A restored fork's PNG: what its path changed, and that Generate replays it."""
+    return (f"**This PNG is a fork:** {fork_path(request)}. Generate replays its whole path (the controls hold the "
             "settings before the first fork); forget the path to run the controls alone.")
 
 

@@ -24,7 +24,8 @@ from pipeline.decompose import spread
 from pipeline.loop import StepEvent
 from pipeline.models.toy import Landing, is_toy, landings
 from pipeline.previews import PreviewDecoder
-from pipeline.whatif import path_name
+
+from .render import fork_path
 
 HISTORY_MAX_FRAMES = 480  # images kept for the step slider: ~15 kB each at 256 px, so a few MB per run
 HISTORY_SIZE = 256
@@ -67,12 +68,14 @@ class History:
     decompositions: dict[int, list[bytes | None]] = field(default_factory=dict)
     spreads: dict[int, float] = field(default_factory=dict)  # per kept decomposition: how far apart its x̂₀ are
     whatif: RunCache | None = None  # the run's predictions by step, for the what-if panel and forks (ui/whatif.py)
+    ending: str = ""  # a finished fork: how its final images compare with its parent's (render.fork_ending)
 
     @property
     def name(self) -> str:
-        """The branch this is: the run itself, or a fork, named by its path ("s 7.5 → 3 from step 12")."""
+        """The branch this is: the run itself, or a fork, named by its path in the page's words
+        ("Guidance scale 7.5 → 3 from step 12")."""
         forked = self.whatif is not None and self.whatif.request.forks
-        return path_name(self.whatif.request) if forked else "the run"
+        return fork_path(self.whatif.request) if forked else "the run"
 
     @classmethod
     def for_run(cls, steps: int, seeds: tuple[int, ...], preview_every: int, decompose_seed: int | None = None,

@@ -24,19 +24,11 @@ from .fields import FieldDropdown, FieldTextbox, refused
 from .controls import CONTROL_NAMES, label_of, request_from_settings
 from .handlers import gpu, gpu_seconds, gr_error, takes_controls
 from .served import ServedGallery
+from .render import shown_value
 
 CELL_SIZE = 512  # the Cells gallery shows JPEG thumbnails; the grid PNG keeps full size
 SWEEP_OUTPUTS = ("status", "grid", "cells", "run_id")
 
-AXIS_LABELS = {
-    "seed": "Seed",
-    "guidance_scale": "Guidance scale",
-    "mode": "Guidance mode",
-    "scheduler": "Scheduler",
-    "eta": "Eta (DDIM's noise)",
-    "guidance_rescale": "Guidance rescale",
-    "interval_start": "Guidance interval start",
-}
 # Per axis: an example list of values (set when the axis is picked) and what the values may be.
 AXIS_HINTS = {
     "seed": ("1, 2, 3, 4", f"Integers from {SEED_RANGE[0]} to {SEED_RANGE[1]}."),
@@ -48,18 +40,14 @@ AXIS_HINTS = {
     "guidance_rescale": ("0, 0.35, 0.7", "From 0 to 1 (Lin et al. 2023's φ)."),
     "interval_start": ("0, 0.2, 0.4", "From 0 up to the Explore tab's Interval stop: guidance is off before it."),
 }
-AXIS_CHOICES = [(AXIS_LABELS.get(name, name), name) for name in AXES]
+AXIS_CHOICES = [(label_of(name), name) for name in AXES]  # each axis by its Explore control's label
 AXIS_OF_FIELD = {"seeds": "seed", "guidance_interval": "interval_start"}  # request field -> the axis that sets it
 
 
-def _value(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def cell_caption(x: Axis, y: Axis, col: int, row: int) -> str:
-    """"Guidance scale 4 · Seed 2": the axes by the labels the tab shows, not by their field names."""
-    return (f"{AXIS_LABELS.get(x.name, x.name)} {_value(x.values[col])} · "
-            f"{AXIS_LABELS.get(y.name, y.name)} {_value(y.values[row])}")
+    """"Guidance scale 4 · Seed 2": the axes and their values by the labels the page shows, not by their ids."""
+    return (f"{label_of(x.name)} {shown_value(x.name, x.values[col])} · "
+            f"{label_of(y.name)} {shown_value(y.name, y.values[row])}")
 
 
 def progress_line(batch: int, batches: int, step: int, steps: int, done: int, cells: int) -> str:
@@ -133,13 +121,13 @@ class Sweeps:
                 run_id: str = "") -> Iterator[tuple]:
         start = time.perf_counter()
         yield self._out(run_id=run_id,
-            status=f"**Starting:** {count} cells ({len(x.values)} {x.name} × {len(y.values)} {y.name}) "
+            status=f"**Starting:** {count} cells ({len(x.values)} {label_of(x.name)} × {len(y.values)} {label_of(y.name)}) "
             f"in {batch_count} batch{'es' if batch_count > 1 else ''}, {base.steps} steps each.",
             grid=None, cells=gr.update(value=[], columns=min(max(len(x.values), 2), 4)),  # rows like the grid's
         )
         cells: dict[int, tuple[Image.Image, str]] = {}  # grid index -> (thumbnail, caption)
         batch, step, steps = 1, 0, base.steps
-        events = run_sweep(self.handlers.pipe, base, x, y)
+        events = run_sweep(self.handlers.pipe, base, x, y, title=label_of, shown=shown_value)
         try:
             for event in events:
                 step, steps = event.step, event.total_steps

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import fork, whatif
+from pipeline.models import is_toy
 from pipeline.guidance import GUIDANCE_MODES
 from pipeline.request import GUIDANCE_SCALE_RANGE, RequestError
 
@@ -51,6 +52,16 @@ def difference_image(new: Image.Image, old: Image.Image, seed: int) -> tuple[Ima
         gain *= 2
     image = Image.fromarray(np.clip(128 + (a - b) * gain, 0, 255).astype(np.uint8))
     return image, f"seed {seed} · Δ" + (f" ×{gain}" if gain > 1 else "")
+
+
+def same_ending(parent: History, child: History) -> tuple[list[int], list[int]]:
+    """The seeds whose final image in `child` is pixel for pixel the one in `parent`, and the seeds whose is not."""
+    same, different = [], []
+    for seed, a, b in zip(child.seeds, child.finals, parent.finals):
+        with Image.open(a) as x, Image.open(b) as y:
+            equal = x.size == y.size and np.array_equal(np.asarray(x.convert("RGB")), np.asarray(y.convert("RGB")))
+        (same if equal else different).append(seed)
+    return same, different
 
 
 class WhatIfPanel:
@@ -137,8 +148,26 @@ class WhatIfPanel:
         )
         run = Run(self.explore.pipe, child.request, decode, every, source=lambda event: getattr(event, source),
                   cache=child, events=lambda: fork(self.explore.pipe, parent, step, new), history=forked, start=step)
+        from .explore_tab import GENERATE_OUTPUTS  # that module imports this one
+
+        status = GENERATE_OUTPUTS.index("status")
         with self.explore.jobs.running(request, run.stop) as run_id:
-            yield from self.explore.stream(run, run_id, intro=render.forking(forked.name, step, history.total))
+            for update in self.explore.stream(run, run_id, intro=render.forking(forked.name, step, history.total)):
+                if forked.finals and history.finals and not forked.ending:  # the final images: compare with the parent's
+                    forked.ending = render.fork_ending(forked.name, step, *same_ending(history, forked),
+                                                       is_toy(self.explore.pipe))
+                    update = list(update)
+                    update[status] = f"{update[status]}\n\n{forked.ending}"
+                yield tuple(update)
+
+    def follow(self, history: History | None, step: float, scale: float, mode: str, decoder: str):
+        """After a fork or a return to a branch, the what-if shows that branch at the revisited step, under what a
+        fork found (its ending), instead of the last what-if of the branch before. Outputs: gallery, summary."""
+        if history is None or history.whatif is None or not history.whatif.steps:
+            return [], NOTHING
+        gallery, summary = self.preview(history, step, scale, mode, decoder)
+        head = f"**Branch: {history.name}.**" + (f" {history.ending}" if history.ending else "")
+        return gallery, f"{head}\n\n{summary}"
 
     def add_branch(self, history: History | None, branches: list[History] | None):
         """After a fork: a finished one joins the branches (replacing one of the same path). Outputs: branches,
@@ -155,10 +184,11 @@ class WhatIfPanel:
         branch = next((b for b in branches or [] if b.name == name), None)
         if branch is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        gallery = [(path, render.caption(seed)) for path, seed in zip(branch.finals, branch.seeds)]
+        gallery = gr.update(value=[(path, render.caption(seed)) for path, seed in zip(branch.finals, branch.seeds)],
+                            label=render.images_label(branch.name))
         slider = gr.update(value=branch.total) if len(branch.frames) > 1 else gr.skip()
-        return (gallery, branch, branch.finals or None, slider, render.showing_branch(branch.name),
-                gr.update(visible=False))
+        status = render.showing_branch(branch.name) + (f" {branch.ending}" if branch.ending else "")
+        return gallery, branch, branch.finals or None, slider, status, gr.update(visible=False)
 
 
 def build_whatif(explore: Explore) -> dict[str, Any]:
@@ -202,8 +232,10 @@ def wire_whatif(explore: Explore, panel: WhatIfPanel, ui: dict, c: dict, out: di
     ui["fork"].click(None, js=SHOW_RUN, api_visibility="private", queue=False, show_progress="hidden")
     forked = ui["fork"].click(panel.fork, inputs=[*inputs, c["preview_every"], c["preview_source"]], outputs=outputs,
                               api_name="fork", concurrency_id="gpu")
+    follow = dict(fn=panel.follow, inputs=inputs, outputs=[ui["gallery"], ui["summary"]], api_visibility="private",
+                  queue=False, show_progress="hidden")
     forked.then(panel.add_branch, inputs=[out["history"], ui["branch_list"]], outputs=[ui["branch_list"], ui["branches"]],
-                api_visibility="private", queue=False, show_progress="hidden")
+                api_visibility="private", queue=False, show_progress="hidden").then(**follow)
     ui["branches"].input(panel.show_branch, inputs=[ui["branch_list"], ui["branches"]],
                          outputs=[out["gallery"], out["history"], out["downloads"], out["step_slider"], out["status"],
-                                  out["final_btn"]], api_name="show_branch", show_progress="hidden")
+                                  out["final_btn"]], api_name="show_branch", show_progress="hidden").then(**follow)

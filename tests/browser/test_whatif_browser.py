@@ -66,16 +66,23 @@ def test_the_whatif_slider_rerenders_without_a_queue_job_and_a_fork_becomes_a_br
     wait_for_status_log(page, r"Continuing from step 4/8", since)
     wait_for_status_log(page, r"Done: step 8/8", since)
     branches = test_browser.block(page, "Branches")
-    branches.get_by_label("s 7.5 → 1 from step 4", exact=True).wait_for()
-    assert branches.get_by_label("s 7.5 → 1 from step 4", exact=True).is_checked()
+    fork_name = "Guidance scale 7.5 → 1 from step 4"  # the controls' labels, not "s 7.5 → 1" (issue 18)
+    branches.get_by_label(fork_name, exact=True).wait_for()
+    assert branches.get_by_label(fork_name, exact=True).is_checked()
     assert any("queue/join" in url for url in queued)  # the fork is a real, queued run
     wait_for_captions(page, ["seed 1", "seed 2"])  # the fork's final images
+    # The page says which branch the images show, and the what-if follows the fork instead of keeping the last
+    # what-if of the run (issue 18).
+    assert page.locator("#images").get_by_text(f"Images: fork {fork_name}", exact=True).is_visible()
+    wait_for_text(page, "#whatif-summary", rf"Branch: {fork_name}\.")
+    wait_for_text(page, "#whatif-summary", r"Step 8: Standard CFG, scale 1 \(the run used Standard CFG, 1\)")
     forked = page.locator("#images img").evaluate_all("imgs => imgs.map(i => i.src)")
     _column_fits(page)
     screenshot(page, "whatif-2-fork.png")
 
     branches.get_by_label("the run", exact=True).check()
     wait_for_text(page, "#status", r"Showing branch: the run")
+    assert page.locator("#images").get_by_text("Images: the run", exact=True).is_visible()
     page.wait_for_function("(old) => [...document.querySelectorAll('#images img')].map(i => i.src).join() !== old.join()",
                            arg=forked)
 
@@ -97,10 +104,10 @@ def test_a_fork_png_dropped_on_the_page_keeps_its_path_for_generate(toy_page, tm
     png = save_png(Image.new("RGB", (64, 64)), tmp_path / "fork.png", request, seed=1)
     page.locator(".label-wrap").filter(has_text="Links and saved settings").click()
     page.locator("#group-links input[type=file]").set_input_files(str(png))
-    wait_for_text(page, "#fork-note", r"This PNG is a fork: s 7.5 → 1 from step 3\. Generate replays its whole path")
+    wait_for_text(page, "#fork-note", r"This PNG is a fork: Guidance scale 7.5 → 1 from step 3\. Generate replays its whole path")
     forget = page.get_by_role("button", name="Forget the fork path", exact=True)
     assert forget.is_visible()
-    wait_for_text(page, "#changed-note", r"This PNG is a fork")  # said where it was dropped, too
+    wait_for_text(page, "#changed-note", r"This PNG is a fork")  # said beside the presets, scrolled into view
     page.locator("#fork-note").scroll_into_view_if_needed()
     screenshot(page, "whatif-4-fork-png.png")
     log_status(page)

@@ -14,6 +14,8 @@ from pipeline import GenerationRequest
 from pipeline.inversion import invert
 from pipeline.sweep import Axis, run_sweep
 from tests.ui.test_app import wait_until
+from ui.controls import label_of
+from ui.render import shown_value
 
 SMALL = dict(prompt="an otter", width=64, height=64)
 SWEEP = dict(SMALL, steps=3, x_axis="guidance_scale", x_values="1, 4", y_axis="seed", y_values="1, 2")
@@ -65,7 +67,7 @@ def test_sweep_streams_progress_then_the_grid_and_captioned_cells(client, server
     base = GenerationRequest(prompt="an otter", steps=3, seeds=(1,), width=64, height=64,
                              negative_prompt="solar system with 9 planets")
     x, y = Axis.parse("guidance_scale", "1, 4"), Axis.parse("seed", "1, 2")
-    expected = list(run_sweep(tiny_pipe, base, x, y))[-1].grid
+    expected = list(run_sweep(tiny_pipe, base, x, y, title=label_of, shown=shown_value))[-1].grid  # the page's labels
     assert np.array_equal(pixels(grid["path"]), np.asarray(expected))
 
 

@@ -97,11 +97,11 @@ def test_whatif_errors_name_the_panels_controls(panel, finished):
 
 def test_a_fork_streams_like_a_run_and_equals_the_piecewise_run(explore, panel, finished, tiny_pipe):
     updates = [dict(zip(GENERATE_OUTPUTS, u)) for u in panel.fork(finished, 3, 2.0, "cfg", "linear", 1, "pred_x0")]
-    assert "Continuing from step 3/6" in updates[0]["status"] and "s 7.5 → 2 from step 3" in updates[0]["status"]
+    assert "Continuing from step 3/6" in updates[0]["status"] and "Guidance scale 7.5 → 2 from step 3" in updates[0]["status"]
     last = updates[-1]
     assert last["status"].startswith("**Done: step 6/6**")
     forked = last["history"]
-    assert forked.name == "s 7.5 → 2 from step 3" and forked.total == STEPS
+    assert forked.name == "Guidance scale 7.5 → 2 from step 3" and forked.total == STEPS  # labels, not ids
     assert sorted(forked.frames) == list(range(1, STEPS + 1))  # the run's previews up to 3, the fork's after
     assert forked.frames[2] == finished.frames[2] and forked.frames[5] != finished.frames[5]
     # The fork's PNG records its path, and one run of that piecewise request gives the same image.
@@ -111,20 +111,22 @@ def test_a_fork_streams_like_a_run_and_equals_the_piecewise_run(explore, panel, 
     assert np.abs(pixels(replay[0]) - pixels(last["downloads"][0])).max() <= 1
 
     branch_list, branches = panel.add_branch(forked, [finished])
-    assert branches["choices"] == ["the run", "s 7.5 → 2 from step 3"]
+    assert branches["choices"] == ["the run", "Guidance scale 7.5 → 2 from step 3"]
     # A fork of the fork is named by its whole path.
     grand = dict(zip(GENERATE_OUTPUTS, list(panel.fork(forked, 4, 2.0, "reversed", "linear", 1, "pred_x0"))[-1]))
-    assert grand["history"].name == "s 7.5 → 2 from step 3 ▸ mode cfg → reversed from step 4"
+    assert grand["history"].name == ("Guidance scale 7.5 → 2 from step 3 ▸ Guidance mode Standard CFG → Reversed guidance "
+                                     "from step 4")  # the modes table's labels (issue 18), not "cfg → reversed"
     request, _ = read_settings(grand["downloads"][0])
     assert [p.step for p in request.forks] == [3, 4]
     # Forked again at its own fork step, the new point replaces the old: the name is the path the request runs.
     refork = dict(zip(GENERATE_OUTPUTS, list(panel.fork(forked, 3, 5.0, "cfg", "linear", 1, "pred_x0"))[-1]))
-    assert refork["history"].name == "s 7.5 → 5 from step 3"
+    assert refork["history"].name == "Guidance scale 7.5 → 5 from step 3"
 
     # Returning to the run shows its own PNGs and history again.
     gallery, history, downloads, slider, status, final_btn = panel.show_branch(branch_list, "the run")
     assert history is finished and downloads == finished.finals and "the run" in status
-    assert [caption for _, caption in gallery] == ["seed 1", "seed 2"]
+    assert [caption for _, caption in gallery["value"]] == ["seed 1", "seed 2"]
+    assert gallery["label"] == "Images: the run"  # the page says which branch its images show
 
 
 def test_a_restored_fork_png_replays_its_path(explore, panel, finished):
@@ -132,10 +134,10 @@ def test_a_restored_fork_png_replays_its_path(explore, panel, finished):
     png = last["downloads"][1]
     path, note, forget = explore.fork_path_of_png(png)
     assert path == [{"step": 2, "changes": {"guidance_scale": 12.0}}] and forget["visible"] is True
-    assert "s 7.5 → 12 from step 2" in note
+    assert "Guidance scale 7.5 → 12 from step 2" in note
     restored = explore.restore_from_png(png, page_values())
     controls = dict(zip(CONTROL_NAMES, restored))
-    assert "**This PNG is a fork:** s 7.5 → 12 from step 2" in restored[len(CONTROL_NAMES)]
+    assert "**This PNG is a fork:** Guidance scale 7.5 → 12 from step 2" in restored[len(CONTROL_NAMES)]
     replayed = run(explore, fork_path=path, **{k: controls[k] for k in ("seed", "num_seeds", "guidance_scale")})
     assert np.abs(pixels(replayed["downloads"][1]) - pixels(png)).max() <= 1
     plain = run(explore, **{k: controls[k] for k in ("seed", "num_seeds", "guidance_scale")})
@@ -172,3 +174,48 @@ def test_a_dropped_cache_says_to_generate_again(panel, explore):
     history.whatif.drop()
     with pytest.raises(gr.Error, match=r"Revisit step: this run's cached predictions were dropped"):
         panel.preview(history, 3, 5.0, "cfg", "linear")
+
+
+@pytest.fixture(scope="module")
+def toy_explore(toy_pipe, tmp_path_factory):
+    return Explore(Handlers(toy_pipe, model_name="toy", presets=load_presets(), output_dir=tmp_path_factory.mktemp("toy")),
+                   default_size=toy_pipe.default_sample_size * toy_pipe.vae_scale_factor)
+
+
+def test_a_fork_that_ends_where_its_parent_ended_says_so_and_the_whatif_follows_the_fork(toy_explore):
+    """Issue 18: in the toy world a fork from step 5 at scale 7.5 → 1 is pixel-identical to its parent (the exact
+    denoiser has committed each sample to one data item by then), although the what-if shows a large Δ, and the page
+    did not say so. The fork's last status and the what-if now say which seeds end where the parent ended, and why;
+    the what-if then shows the fork, not the last what-if of the run."""
+    explore, panel = toy_explore, WhatIfPanel(toy_explore)
+    size = explore.default_size
+    values = page_values(steps=30, preview="linear", prompt="red circle", seed=1, num_seeds=4, width=size, height=size)
+    parent = dict(zip(GENERATE_OUTPUTS, list(explore.generate(*(values[n] for n in CONTROL_NAMES)))[-1]))["history"]
+    assert panel.preview(parent, 5, 1.0, "cfg", "linear")[1].count("|") > 0  # the what-if at scale 1 ...
+    assert float(whatif_norm(parent, 5)) > 1.0  # ... moves x̂₀ a lot at step 5
+    last = dict(zip(GENERATE_OUTPUTS, list(panel.fork(parent, 5, 1.0, "cfg", "linear", 1, "pred_x0"))[-1]))
+    forked = last["history"]
+    for a, b in zip(forked.finals, parent.finals):  # the premise: pixel for pixel the parent's images
+        assert np.array_equal(pixels(a), pixels(b))
+    assert last["status"].startswith("**Done: step 30/30**")
+    assert "**The fork ends where its parent ended** for every seed" in last["status"]
+    assert "By step 5 those samples had already settled" in last["status"] and "toy world" in last["status"]
+    gallery, summary = panel.follow(forked, 30, 1.0, "cfg", "linear")
+    assert summary.startswith("**Branch: Guidance scale 7.5 → 1 from step 5.** **The fork ends where its parent ended**")
+    assert "Step 30: Standard CFG, scale 1** (the run used Standard CFG, 1)" in summary and len(gallery) == 8
+
+    # From step 1 the fork can still change where a sample ends: the seeds that differ are named.
+    early = dict(zip(GENERATE_OUTPUTS, list(panel.fork(parent, 1, 1.0, "cfg", "linear", 1, "pred_x0"))[-1]))
+    same = [seed for seed, a, b in zip(parent.seeds, early["history"].finals, parent.finals)
+            if np.array_equal(pixels(a), pixels(b))]
+    assert len(same) < 4, "no seed changed: pick another early fork for this check"
+    if same:
+        assert f"for seed{'s' if len(same) > 1 else ''} {', '.join(map(str, same))}:" in early["status"]
+    else:
+        assert "every seed's final image differs from its parent's" in early["status"]
+
+
+def whatif_norm(history, step: int):
+    from pipeline import whatif
+
+    return whatif(history.whatif, step, 1.0).difference_norm.max()

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,4 +129,49 @@ def test_grid_image_layout():
     images = [Image.new("RGB", (40, 30), c) for c in ("red", "green", "blue", "white")]
     grid = grid_image(images, Axis("eta", (0.0, 1.0)), Axis("seed", (1, 2)))
     assert grid.getpixel((grid.width - 1, grid.height - 1)) == (255, 255, 255)
-    assert grid.getpixel((grid.width - 20, grid.height - 45)) == (0, 128, 0)  # top-right cell: second image
+    assert grid.getpixel((grid.width - 20, grid.height - 48)) == (0, 128, 0)  # top-right cell: second image
+
+
+def _runs(line: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of True in a 1-D mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], line.astype(np.int8), [0]])))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def test_grid_cells_are_apart_so_neighbours_do_not_read_as_one_picture():
+    """Issue 18: four same-coloured cells drawn edge to edge read as one picture. Between neighbours, across and
+    down, lie at least 4 pixels that are not the cells' colour."""
+    from PIL import Image
+
+    images = [Image.new("RGB", (40, 30), "red") for _ in range(4)]
+    red = np.all(np.asarray(grid_image(images, Axis("eta", (0.0, 1.0)), Axis("seed", (1, 2)))) == (255, 0, 0), axis=2)
+    rows, cols = np.flatnonzero(red.any(axis=1)), np.flatnonzero(red.any(axis=0))
+    across = _runs(red[rows[0] + 5])
+    down = _runs(red[:, cols[0] + 5])
+    assert [b - a for a, b in across] == [40, 40] and [b - a for a, b in down] == [30, 30], (across, down)
+    assert across[1][0] - across[0][1] >= 4 and down[1][0] - down[0][1] >= 4, (across, down)
+
+
+def test_the_page_labels_the_grid_with_its_controls_and_modes_labels():
+    """Issue 18: the grid's axis titles were ids ("guidance_scale", "cond_only"). The Sweep tab draws them with the
+    labels of the controls registry and of the modes table, as its cell captions do."""
+    from PIL import Image
+
+    from ui.controls import label_of
+    from ui.render import shown_value
+    from ui.sweep_tab import cell_caption
+
+    x, y = Axis("guidance_scale", (1.0, 7.5)), Axis("mode", ("cfg", "cond_only"))
+    drawn: list[str] = []
+
+    def title(name):
+        drawn.append(label_of(name))
+        return drawn[-1]
+
+    def shown(name, value):
+        drawn.append(shown_value(name, value))
+        return drawn[-1]
+
+    grid_image([Image.new("RGB", (40, 30))] * 4, x, y, title=title, shown=shown)
+    assert drawn == ["Guidance scale", "Guidance mode", "1", "7.5", "Standard CFG", "Conditional only"]
+    assert cell_caption(x, y, 1, 1) == "Guidance scale 7.5 · Guidance mode Conditional only"

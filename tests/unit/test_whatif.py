@@ -190,3 +190,12 @@ def test_whatif_checks_the_new_scale_and_reads_the_modes_own_settings(tiny_pipe)
     weighted, events = cached_run(tiny_pipe, request(steps=2, mode="weighted",
                                                       weighted_prompts=(("an otter", 2.0), ("a planet", 0.5))))
     torch.testing.assert_close(whatif(weighted, 2, 7.5).pred_x0, events[1].pred_x0, rtol=0, atol=1e-6)
+
+
+def test_a_path_is_named_in_the_words_a_page_gives(tiny_pipe):
+    """Issue 18: a page names branches by its labels ("Reversed guidance"), not ids; the library takes its words."""
+    cache, _ = cached_run(tiny_pipe, request())
+    child = cache.branch(3, dataclasses.replace(request(), mode="reversed", guidance_scale=3.0))
+    named = path_name(child.request, title=str.upper, shown=lambda name, value: f"<{value}>")
+    assert named == "MODE <cfg> → <reversed>, GUIDANCE_SCALE <7.5> → <3.0> from step 3"
+    assert path_name(child.request) == child.name == "mode cfg → reversed, s 7.5 → 3 from step 3"  # the defaults
