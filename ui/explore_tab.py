@@ -674,7 +674,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> tuple[dict, dict]:
             out["norm_note"] = gr.Markdown(elem_id="norm-note")
             out["norm_plot"] = gr.LinePlot(
                 x="step", y=guidance_plot.Y, color="seed", **guidance_plot.labels("cfg"), x_title="step", sort=[],
-                height=300, elem_id="norm-plot", visible=False,  # shown with its first point
+                height=260, elem_id="norm-plot", visible=False,  # shown with its first point
             )
             out["whatif"] = build_whatif(explore)  # below the plot: the plot stays within a 900 px window
             out["downloads"] = gr.File(label="Final PNGs, settings embedded (restore them under Links and saved settings)",

@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 
 from tests.browser import test_browser
-from tests.browser.test_browser import TIMEOUT_MS, block, screenshot, set_slider, set_text, wait_for_text
+from tests.browser.test_browser import (TIMEOUT_MS, block, log_status, now_ms, screenshot, set_slider, set_text, wait_for_status_log,
+                                       wait_for_text)
 from tests.browser.test_toy_browser import toy_page  # noqa: F401 (the fixture: the app on the toy world)
 
 pytestmark = test_browser.pytestmark
@@ -34,8 +35,13 @@ def _in_window(page, selector: str) -> dict:
 
 
 def _generate(page) -> None:
+    """Generate, and wait for this run's own "Done" (the status still shows the last run's until it starts), and
+    for its images to load."""
+    log_status(page)
+    since = now_ms(page)
     page.get_by_role("button", name="Generate", exact=True).click()
-    wait_for_text(page, "#status", r"Done: step")
+    wait_for_status_log(page, r"Done: step", since)
+    page.wait_for_function("() => [...document.querySelectorAll('#images img')].every(i => i.complete)")
 
 
 def _explore(page) -> None:
@@ -53,14 +59,15 @@ def test_the_guidance_plot_and_every_image_of_8_seeds_are_in_view_at_1440x900(to
     _generate(page)
     page.evaluate("() => window.scrollTo(0, 0)")
     page.wait_for_function("() => document.querySelectorAll('#norm-plot canvas, #norm-plot svg').length > 0")
+    screenshot(page, "layout-1-desktop-plot.png")
     plot = _in_window(page, "#norm-plot")
     assert plot["height"] >= 200, plot  # the plot itself, not a squeezed strip
-    screenshot(page, "layout-1-desktop-plot.png")
 
     set_slider(page, "Number of seeds", 8)
     _generate(page)
     page.wait_for_function("() => document.querySelectorAll('#images img').length === 8")
     page.evaluate("() => window.scrollTo(0, 0)")
+    screenshot(page, "layout-2-desktop-8-seeds.png")
     gallery = _in_window(page, "#images")
     for k in range(8):  # each image whole, inside the gallery and the window, and on top at its centre
         image = page.locator("#images img").nth(k).bounding_box()
@@ -68,7 +75,6 @@ def test_the_guidance_plot_and_every_image_of_8_seeds_are_in_view_at_1440x900(to
         assert image["y"] + image["height"] <= DESKTOP["height"], (k, image)
         assert page.evaluate("([x, y]) => document.elementFromPoint(x, y)?.tagName",
                              [image["x"] + image["width"] / 2, image["y"] + image["height"] / 2]) == "IMG", k
-    screenshot(page, "layout-2-desktop-8-seeds.png")
     set_slider(page, "Number of seeds", 2)
 
 
