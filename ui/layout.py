@@ -1,10 +1,11 @@
-"""The page: a header and the three tabs (each built by its own module), and the page-wide style."""
+"""The page: a header and the four tabs (each built by its own module), and the page-wide style."""
 
 from __future__ import annotations
 
 import gradio as gr
 
 from .controls import CONTROL_NAMES
+from .distribution_tab import build_distribution_tab
 from .explore_tab import Explore, build_explore_tab, wire_explore
 from .fields import NamedErrorBlocks
 from .handlers import Handlers
@@ -67,6 +68,8 @@ def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -
                 build_sweep_tab(handlers, [c[name] for name in CONTROL_NAMES])
             with gr.Tab("Invert", id="invert"):
                 build_invert_tab(handlers, {**c, **out, "tabs": tabs}, start_latents, explore)
+            with gr.Tab("Distribution", id="distribution"):
+                build_distribution_tab(handlers, default_size)
         wire_explore(demo, explore, c, out, start_latents)
     return demo
 

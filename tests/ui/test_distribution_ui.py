@@ -1,0 +1,183 @@
+"""The Distribution tab: its pictures and tables from ScaleResults built here, its strict inputs, and its API on
+a toy-world server (one streamed result per scale, errors that name the control) and on the tiny model
+(no exact target: mosaics and proxies)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.distribution import ExactStats, ScaleResult
+from pipeline.models import toy
+from ui import distribution_render as render
+from ui.distribution_tab import Distributions, axis_text, parse_axis
+
+PROMPT_ITEMS = np.array([item.colour == "blue" and item.shape == "square" for item in toy.ITEMS])  # 8 items
+
+
+def targets(scale: float, adherence: float = 0.5) -> dict[str, np.ndarray]:
+    """The three targets of "blue square", computed by hand (each sums to 1)."""
+    data = PROMPT_ITEMS / PROMPT_ITEMS.sum()
+    model = adherence * data + (1 - adherence) / len(toy.ITEMS)
+    tilted = model**scale * (1 / len(toy.ITEMS)) ** (1 - scale)
+    return {"data": data, "model": model, "tilted": tilted / tilted.sum()}
+
+
+def exact_result(counts: np.ndarray, scale: float = 3.0, axis_value=None, done: int = 1, total: int = 1,
+                 thumbnails: int = 4) -> ScaleResult:
+    n = int(counts.sum())
+    p = counts / n
+    nonzero = p[p > 0]
+    entropy = float(-(nonzero * np.log(nonzero)).sum())
+    t = targets(scale)
+    metrics = {"precision": float(p[PROMPT_ITEMS].sum()), "entropy": entropy, "effective_items": math.exp(entropy),
+               "median_distance": 0.01, "off_data": 0.0, "noise_band": 0.2,
+               **{f"tv_{k}": float(0.5 * np.abs(p - q).sum()) for k, q in t.items()}}
+    stats = ExactStats(counts=counts, distances=np.zeros(n), on_data=np.ones(n, bool), targets=t, metrics=metrics)
+    thumbs = tuple(toy.draw(toy.ITEMS[k], 32, 32) for k in range(thumbnails))
+    return ScaleResult(scale=scale, axis_value=axis_value, done=done, total=total, n_seeds=n, thumbnails=thumbs,
+                       exact=stats, proxies=None, seconds=0.25)
+
+
+def one_item(index: int, n: int = 64) -> np.ndarray:
+    counts = np.zeros(len(toy.ITEMS), dtype=np.int64)
+    counts[index] = n
+    return counts
+
+
+# --- pictures and tables ---------------------------------------------------------------------------------
+
+
+def test_histogram_draws_each_items_share_at_its_own_column():
+    big_blue_square = next(k for k, item in enumerate(toy.ITEMS) if item.words == ("big", "blue", "square", "top", "left"))
+    image = np.asarray(render.items_histogram(exact_result(one_item(big_blue_square))).convert("RGB"))
+    bottom = image.shape[0] - render.HISTOGRAM_BELOW
+    columns = render.item_columns()
+    blue = np.array(toy.COLOURS["blue"])
+    # the counted item's bar rises nearly to the top (its share, 1, is the plot's maximum / 1.12) ...
+    x = columns[big_blue_square] + render.BAR_WIDTH // 2 - 1
+    filled = np.all(image[render.HISTOGRAM_TOP:bottom, x] == blue, axis=-1)
+    assert filled.mean() > 0.8, filled.mean()
+    # ... and no other item's column holds any of its colour above the axis (every other share is 0)
+    for n, left in columns.items():
+        if n != big_blue_square and toy.ITEMS[n].colour == "blue" and toy.ITEMS[n].size == "big":
+            column = image[render.HISTOGRAM_TOP:bottom - 2, left + 3]
+            assert not np.all(column == blue, axis=-1).any(), toy.ITEMS[n].caption
+
+
+def test_items_are_grouped_by_colour_then_shape_then_size():
+    order = [toy.ITEMS[n] for n in render.ITEM_ORDER]
+    assert [item.colour for item in order[::24]] == list(toy.VOCABULARY["colour"])
+    assert [item.shape for item in order[:24:8]] == list(toy.VOCABULARY["shape"])
+    assert [item.size for item in order[:8:4]] == ["small", "big"]
+    xs = list(render.item_columns().values())
+    assert xs == sorted(xs) and len(set(xs)) == 96  # left to right, one column each
+
+
+def test_marginals_bar_is_the_sampled_share():
+    """All seeds on big items: the size panel's "big" bar fills the plot from 0 to 1, "small" is empty."""
+    counts = np.zeros(96, dtype=np.int64)
+    counts[[k for k, item in enumerate(toy.ITEMS) if item.size == "big"][:32]] = 2
+    result = exact_result(counts)
+    assert render.marginal(counts / counts.sum(), "size") == pytest.approx({"small": 0.0, "big": 1.0})
+    image = np.asarray(render.marginals_panel(result, height=250).convert("RGB"))
+    left, unit = 44, (render.WIDTH - 44 - 8) / sum(len(v) + 1 for v in toy.VOCABULARY.values())
+    big_x, small_x = int(left + unit * 2), int(left + unit * 1)  # the centres of "big" and "small"
+    plain = np.array(render.PLAIN_BAR)
+    assert np.all(image[60:200, big_x] == plain, axis=-1).mean() > 0.9
+    assert not np.all(image[30:215, small_x] == plain, axis=-1).any()
+
+
+def test_scale_figure_has_title_legend_marginals_and_histogram():
+    result = exact_result(one_item(0), scale=7.5)
+    figure = render.scale_figure(result)
+    assert figure.width == render.WIDTH and figure.height > 500
+    assert render.headline(result).startswith("s = 7.5 · 64 seeds · precision 0.00")
+    assert render.caption(exact_result(one_item(0), axis_value=(0.0, 0.4)), "Guidance interval") == (
+        "s = 3 · Guidance interval 0–0.4: precision 0.00, TV to model 0.995")
+
+
+def test_table_has_one_row_per_result_with_the_exact_numbers():
+    results = [exact_result(one_item(k), scale=s, done=i + 1, total=2) for i, (k, s) in enumerate([(0, 1.0), (5, 3.0)])]
+    frame = render.table(results)
+    assert list(frame["result"]) == ["s = 1", "s = 3"]
+    for column in ("precision", "TV to data", "TV to model", "TV to tilted", "noise band (TV)", "entropy (nats)",
+                   "effective items", "median distance", "off the data"):
+        assert column in frame.columns, column
+    assert frame["TV to data"].iloc[0] == pytest.approx(results[0].exact.metrics["tv_data"], abs=1e-4)
+
+
+def test_curves_list_every_planned_point_and_fill_in_what_is_measured():
+    """The page fixes a plot's legend from its first frame: every series is there from the first result on."""
+    first = exact_result(one_item(0), scale=3.0, done=1, total=3)
+    frames = render.curve_frames([first], [1.0, 3.0, 7.5])
+    assert set(frames) == {"precision", "entropy", "tv"}
+    precision = frames["precision"]
+    assert list(precision["scale"]) == [1.0, 3.0, 7.5]
+    assert precision["value"].isna().tolist() == [True, False, True]
+    assert set(frames["tv"]["series"]) == {"to data", "to model", "to tilted", "noise band"}
+    assert len(frames["tv"]) == 12
+    with_axis = render.curve_frames([exact_result(one_item(0), axis_value=0.3)], [3.0], [0.3, 1.0], "Adherence")
+    assert list(with_axis["precision"]["series"]) == ["Adherence 0.3", "Adherence 1"]
+
+
+def test_noise_note_says_how_to_read_the_band():
+    note = render.noise_note(exact_result(one_item(0, n=256)))
+    assert "0.200" in note and "256 seeds" in note and "±0.06" in note
+
+
+def test_mosaic_lays_thumbnails_out_in_seed_order():
+    result = exact_result(one_item(0), thumbnails=10)
+    image = render.mosaic(result)
+    assert image.size == (8 * 34, 2 * 34)
+    assert np.array_equal(np.asarray(image.crop((34, 0, 66, 32))), np.asarray(result.thumbnails[1].convert("RGB")))
+
+
+# --- inputs ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab(toy_pipe):
+    from ui import Handlers
+
+    return Distributions(Handlers(toy_pipe, model_name="toy"), presets=[])
+
+
+GOOD = dict(prompt="blue square", prompt_2="", n_seeds=64, scales="1, 3", mode="cfg", scheduler="euler", eta=0.0,
+            steps=4, size=64, adherence=0.5, axis="none", axis_values="", exact_start=False)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(scales="1, three"), "Lab scales: must be numbers separated by commas"),
+    (dict(scales=""), "Lab scales: give at least one guidance scale"),
+    (dict(scales="1, 300"), "Lab scales: each must be a number from 0.0 to 50.0, got 300.0"),
+    (dict(scales=", ".join(["1"] * 2)), "Lab scales: each scale must appear once"),
+    (dict(size=100), "Lab size:"),
+    (dict(steps=0), "Lab steps:"),
+    (dict(axis="guidance_interval", axis_values="0.4"), "Other axis values: Each a start-stop pair"),
+    (dict(axis="mode", axis_values="cfg, nonsense"), "Other axis values: mode value 'nonsense'"),
+    (dict(axis="guidance_rescale", axis_values=""), "Other axis values: give the values of Guidance rescale"),
+])
+def test_bad_input_names_the_control_and_what_it_allows(lab, changes, message):
+    import gradio as gr
+
+    with pytest.raises(gr.Error) as error:
+        lab.settings(**{**GOOD, **changes})
+    assert message in str(error.value.message), error.value.message
+
+
+def test_good_input_is_taken_as_given(lab):
+    settings = lab.settings(**{**GOOD, "axis": "guidance_interval", "axis_values": "0-1, 0-0.4", "adherence": 0.3})
+    assert settings.scales == (1.0, 3.0) and settings.n_seeds == 64
+    assert settings.axis_values == ((0.0, 1.0), (0.0, 0.4)) and settings.request.prompt_adherence == 0.3
+
+
+def test_axis_text_reads_back():
+    for axis, text in [("guidance_interval", "0-1, 0-0.4"), ("scheduler", "euler, ddim:1"), ("mode", "cfg, cond_only"),
+                       ("prompt_adherence", "0.3, 1")]:
+        name, values = parse_axis(axis, text)
+        assert axis_text(name, values) == text

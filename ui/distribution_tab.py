@@ -1,0 +1,373 @@
+"""The Distribution tab: many seeds at several guidance scales, and what guidance does to their distribution.
+
+The measuring is `pipeline.distribution.run_lab`, one `ScaleResult` per scale (per value of an optional other
+axis) as it finishes; this module reads the inputs strictly, streams the results and draws them
+(`distribution_render`). In the toy world every number is exact against the known data; on a real model no
+target exists, and the page says so and shows proxies. Stop works as on the other tabs: a per-run flag
+checked between results, and the run's own stream says where it stopped.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from typing import Any, Iterator
+
+import gradio as gr
+
+from pipeline import MODES, SCHEDULERS, GenerationRequest, RequestError
+from pipeline.distribution import (
+    AXES,
+    MAX_AXIS_VALUES,
+    MAX_SCALES,
+    MODEL_MAX_SEEDS,
+    TOY_MAX_SEEDS,
+    LabPreset,
+    LabSettings,
+    ScaleResult,
+    load_lab_presets,
+    run_lab,
+)
+from pipeline.loop import plan_passes
+from pipeline.models import is_toy
+
+from . import distribution_render as draw
+from .controls import TAB_CONTROLS
+from .fields import FieldCheckbox, FieldDropdown, FieldSlider, FieldTextbox
+from .handlers import gpu, gpu_seconds, gr_error
+
+TOY_MIN_SEEDS = 64  # below this the noise band is wider than most effects the presets show
+TOY_SIZE = 128  # px: the toy's items are as far apart at 128 px as at 1024, and 16x cheaper
+NO_AXIS = "none"
+AXIS_LABELS = {
+    "guidance_interval": "Guidance interval",
+    "guidance_rescale": "Guidance rescale",
+    "prompt_adherence": "Prompt adherence",
+    "mode": "Guidance mode",
+    "scheduler": "Scheduler (and eta)",
+}
+AXIS_HINTS = {  # example values, and what the values may be
+    "guidance_interval": ("0-1, 0-0.4, 0.4-1", "Each a start-stop pair of fractions of the steps, as 0-0.4: "
+                                               "guidance only on that part of the run."),
+    "guidance_rescale": ("0, 0.7", "From 0 to 1 (Lin et al. 2023's φ)."),
+    "prompt_adherence": ("0.3, 0.5, 1", "From 0 to 1: how well the toy model learned its prompts."),
+    "mode": ("cfg, cond_only", "Any of: " + ", ".join(MODES) + "."),
+    "scheduler": ("euler, euler_a, ddim:0, ddim:1", "A scheduler, or ddim:eta for DDIM with that eta. Any of: "
+                  + ", ".join(SCHEDULERS) + "."),
+}
+INPUTS = ("prompt", "prompt_2", "n_seeds", "scales", "mode", "scheduler", "eta", "steps", "size", "adherence",
+          "axis", "axis_values", "exact_start")
+OUTPUTS = ("status", "figures", "note", "numbers", "precision", "entropy", "tv", "samples", "run_id")
+FIELD_LABELS = {  # library field -> this tab's label
+    "prompt": "Lab prompt", "prompt_2": "Lab prompt 2", "mode": "Lab guidance mode",
+    "scheduler": "Lab scheduler", "eta": "Lab eta", "steps": "Lab steps", "width": "Lab size",
+    "height": "Lab size", "prompt_adherence": "Lab prompt adherence", "scales": "Lab scales",
+    "n_seeds": "Lab seeds", "axis": "Other axis", "axis_values": "Other axis values",
+    "exact_start": "Exact start", "first_seed": "Lab seeds",
+}
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """"1, 3, 7.5" -> (1.0, 3.0, 7.5); ranges are the library's to check (it names them)."""
+    items = [item.strip() for item in (text or "").split(",") if item.strip()]
+    if not items:
+        raise gr.Error("Lab scales: give at least one guidance scale, e.g. 1, 3, 7.5", title="Invalid input")
+    try:
+        return tuple(float(item) for item in items)
+    except ValueError:
+        raise gr.Error(f"Lab scales: must be numbers separated by commas, e.g. 1, 3, 7.5; got {text[:60]!r}",
+                       title="Invalid input") from None
+
+
+def _axis_value(axis: str, item: str) -> Any:
+    if axis == "guidance_interval":
+        start, sep, stop = item.partition("-")
+        if not sep:
+            raise ValueError(f"{item!r} is not a start-stop pair such as 0-0.4")
+        return float(start), float(stop)
+    if axis == "scheduler" and ":" in item:
+        name, eta = item.split(":", 1)
+        return name.strip(), float(eta)
+    if axis in ("guidance_rescale", "prompt_adherence"):
+        return float(item)
+    return item
+
+
+def parse_axis(axis: str, text: str) -> tuple[str | None, tuple]:
+    """The other axis and its values, from the dropdown and the text; (None, ()) for none."""
+    if axis in (None, NO_AXIS):
+        return None, ()
+    items = [item.strip() for item in (text or "").split(",") if item.strip()]
+    if not items:
+        raise gr.Error(f"Other axis values: give the values of {AXIS_LABELS.get(axis, axis)}, e.g. "
+                       f"{AXIS_HINTS.get(axis, ('',))[0]}", title="Invalid input")
+    try:
+        return axis, tuple(_axis_value(axis, item) for item in items)
+    except ValueError as exc:
+        raise gr.Error(f"Other axis values: {AXIS_HINTS.get(axis, ('', ''))[1]} ({exc})"[:300],
+                       title="Invalid input") from None
+
+
+def axis_text(axis: str | None, values: tuple) -> str:
+    """Values -> the text `parse_axis` reads back (for presets)."""
+    def one(value: Any) -> str:
+        if axis == "guidance_interval":
+            return f"{value[0]:g}-{value[1]:g}"
+        if isinstance(value, tuple):
+            return f"{value[0]}:{value[1]:g}"
+        return draw.value_text(value)
+    return ", ".join(one(v) for v in values)
+
+
+def progress_html(done: int, total: int, text: str) -> str:
+    """A progress bar and a status line (HTML: the bar is a <progress> element)."""
+    bar = f'<progress value="{done}" max="{max(total, 1)}" style="width: 100%; height: 10px;"></progress>'
+    return f'{bar}<div id="lab-status-text">{text}</div>'
+
+
+class Distributions:
+    """The Distribution tab's behaviour; one instance serves every session."""
+
+    def __init__(self, handlers, presets: list[LabPreset] | None = None) -> None:
+        self.handlers = handlers
+        self.toy = is_toy(handlers.pipe)
+        self.presets = {p.name: p for p in (presets if presets is not None else load_lab_presets())}
+        self.max_seeds = TOY_MAX_SEEDS if self.toy else MODEL_MAX_SEEDS
+
+    def settings(self, prompt: str, prompt_2: str, n_seeds: int, scales: str, mode: str, scheduler: str,
+                 eta: float, steps: int, size: int, adherence: float | None, axis: str, axis_values: str,
+                 exact_start: bool) -> LabSettings:
+        """The inputs as one validated LabSettings; every error names its control by label and says the range."""
+        scale_values = parse_scales(scales)
+        axis_name, values = parse_axis(axis, axis_values)
+        try:
+            request = GenerationRequest(prompt=prompt, prompt_2=prompt_2 or "", mode=mode, scheduler=scheduler,
+                                        eta=eta, steps=int(steps), width=int(size), height=int(size), seeds=(0,),
+                                        prompt_adherence=adherence if self.toy else None)
+            return LabSettings(request, scale_values, int(n_seeds), axis=axis_name, axis_values=values,
+                               exact_start=bool(exact_start) if self.toy else False)
+        except RequestError as exc:
+            raise gr_error(exc, FIELD_LABELS) from exc
+
+    def run(self, prompt: str, prompt_2: str, n_seeds: int, scales: str, mode: str, scheduler: str, eta: float,
+            steps: int, size: int, adherence: float | None = None, axis: str = NO_AXIS, axis_values: str = "",
+            exact_start: bool = False, request: gr.Request = None) -> Iterator[tuple]:
+        """Stream (status, figures, note, numbers, three curves, samples, run id): one update per result."""
+        settings = self.settings(prompt, prompt_2, n_seeds, scales, mode, scheduler, eta, steps, size, adherence,
+                                 axis, axis_values, exact_start)
+        stop = threading.Event()
+        with self.handlers.jobs.running(request, stop.set) as run_id:
+            yield from self._stream(settings, stop, run_id)
+
+    def stop(self, run_id: str) -> None:
+        """End the lab run with this id after the result it is measuring; its stream says where it stopped."""
+        if not self.handlers.jobs.stop(run_id):
+            gr.Info("Nothing to stop: that lab run has ended (or has not started yet).")
+
+    @staticmethod
+    def _out(**updates) -> tuple:
+        return tuple(updates.get(name, gr.skip()) for name in OUTPUTS)
+
+    @gpu(duration=lambda self, settings, stop, run_id="": gpu_seconds(
+        settings.n_seeds * len(settings.scales) * max(1, len(settings.axis_values))
+        * sum(plan_passes(settings.request)), settings.request.width, settings.request.height))
+    def _stream(self, settings: LabSettings, stop: threading.Event, run_id: str = "") -> Iterator[tuple]:
+        total = len(settings.scales) * max(1, len(settings.axis_values))
+        axis_label = AXIS_LABELS.get(settings.axis, "")
+        what = f"{total} {'scales' if total == len(settings.scales) else 'results'} × {settings.n_seeds} seeds"
+        yield self._out(run_id=run_id, status=progress_html(0, total, f"<b>Starting:</b> {what}, "
+                        f"{settings.request.steps} steps each, the same seeds at every scale."),
+                        figures=[], numbers=None, precision=None, entropy=None, tv=None, samples=[],
+                        note=self._note(None))
+        results: list[ScaleResult] = []
+        events = run_lab(self.handlers.pipe, settings)
+        try:
+            for result in events:
+                results.append(result)
+                yield self._update(results, settings, axis_label)
+                if stop.is_set():
+                    break
+        except Exception as exc:
+            raise gr_error(exc, FIELD_LABELS) from exc
+        finally:
+            events.close()  # a Stop, a client's cancel or a closed tab: no further UNet call
+        if len(results) < total:
+            kept = " The finished results are kept below." if results else ""
+            yield self._out(status=progress_html(len(results), total, f"<b>Stopped</b> after {len(results)} of "
+                                                 f"{total}.{kept}"))
+
+    def _update(self, results: list[ScaleResult], settings: LabSettings, axis_label: str) -> tuple:
+        last = results[-1]
+        where = "scale" if settings.axis is None else "result"
+        name = draw.result_name(last, axis_label)
+        head = "Done" if last.done == last.total else "Measuring"
+        line = (f"<b>{head}:</b> {where} {last.done} of {last.total} ({html.escape(name)}): {last.n_seeds} seeds "
+                f"in {last.seconds:.1f} s")
+        figures = [((draw.scale_figure(r, axis_label) if r.exact is not None else draw.mosaic(r)),
+                    draw.caption(r, axis_label)) for r in results]
+        plots = self._curves(results, settings, axis_label)
+        samples = [(draw.mosaic(r), draw.caption(r, axis_label)) for r in results] if self.toy else gr.skip()
+        return self._out(status=progress_html(last.done, last.total, line),
+                         figures=gr.update(value=figures, selected_index=len(figures) - 1),
+                         numbers=draw.table(results, axis_label), note=self._note(last), samples=samples, **plots)
+
+    def _curves(self, results, settings: LabSettings, axis_label: str) -> dict:
+        metrics = () if self.toy else tuple(draw.PROXY_COLUMNS)
+        frames = draw.curve_frames(results, sorted(settings.scales), settings.axis_values, axis_label, metrics)
+        names = ("precision", "entropy", "tv") if self.toy else metrics
+        return {slot: frames.get(name) for slot, name in zip(("precision", "entropy", "tv"), names)}
+
+    def _note(self, result: ScaleResult | None) -> str:
+        if not self.toy:
+            return NO_TARGET
+        return draw.noise_note(result) if result is not None else ""
+
+    def describe_axis(self, axis: str):
+        """Picking an axis fills its values with an example and says what values it takes."""
+        example, hint = AXIS_HINTS.get(axis, ("", ""))
+        if axis in (None, NO_AXIS):
+            return gr.update(value="", info="Pick an axis above to vary it.")
+        return gr.update(value=example, info=f"Comma-separated, at most {MAX_AXIS_VALUES}. {hint}")
+
+    def load_preset(self, name: str) -> tuple:
+        """The preset's settings into the inputs (INPUTS order), and its note, which stays on the page."""
+        preset = self.presets.get(name)
+        if preset is None:
+            raise gr.Error(f"Lab preset: must be one of {', '.join(self.presets)}; got {str(name)[:60]!r}",
+                           title="Invalid input")
+        s, r = preset.settings, preset.settings.request
+        values = {
+            "prompt": r.prompt, "prompt_2": r.prompt_2, "n_seeds": s.n_seeds,
+            "scales": ", ".join(f"{x:g}" for x in s.scales), "mode": r.mode, "scheduler": r.scheduler,
+            "eta": r.eta, "steps": r.steps, "size": r.width,
+            "adherence": r.prompt_adherence if r.prompt_adherence is not None else gr.skip(),
+            "axis": s.axis or NO_AXIS, "axis_values": axis_text(s.axis, s.axis_values), "exact_start": s.exact_start,
+        }
+        return (*(values[name] for name in self.inputs()), f"**{preset.name}.** {preset.description}")
+
+    def inputs(self) -> tuple[str, ...]:
+        """The inputs this model's page has: the toy's own only in the toy world."""
+        return INPUTS if self.toy else tuple(n for n in INPUTS if n not in ("adherence", "exact_start"))
+
+
+NO_TARGET = ("**No exact target on this model.** A real model's data distribution is unknown, so nothing here "
+             "is measured against a target. The mosaics show the samples; the numbers are **proxies** of "
+             "diversity that need no extra weights (higher Vendi score and pairwise distance: more varied "
+             "samples). Run the app with `--model toy` to measure against the exact distribution.")
+
+
+INTRO = ("Run many seeds at several guidance scales and measure the distribution they land on: the same seeds at "
+         "every scale, so the differences between scales are guidance, not noise. ")
+TOY_INTRO = ("In the toy world the data is 96 known items, so every number here is **exact**: where each seed "
+             "landed, against the data's p(x|c), the toy model's own pₐ(x|c) (it learned the prompt only "
+             "partly: *Lab prompt adherence*), and the tilted pₐ(x|c)ˢ p(x)¹⁻ˢ that \"sampling the sharpened "
+             "model\" would give, which CFG does not sample (Bradley & Nakkiran 2024; Chidambaram et al. 2024).")
+
+
+def _wrapped(lab: Distributions):
+    """The run handler with one named parameter per input this page has (the API's names), and gr.Request."""
+    if lab.toy:
+        def run_lab_toy(prompt: str, prompt_2: str, n_seeds: float, scales: str, mode: str, scheduler: str,
+                        eta: float, steps: float, size: float, adherence: float, axis: str, axis_values: str,
+                        exact_start: bool, request: gr.Request):
+            yield from lab.run(prompt, prompt_2, n_seeds, scales, mode, scheduler, eta, steps, size, adherence,
+                               axis, axis_values, exact_start, request=request)
+        return run_lab_toy
+
+    def run_lab_model(prompt: str, prompt_2: str, n_seeds: float, scales: str, mode: str, scheduler: str,
+                      eta: float, steps: float, size: float, axis: str, axis_values: str, request: gr.Request):
+        yield from lab.run(prompt, prompt_2, n_seeds, scales, mode, scheduler, eta, steps, size, None, axis,
+                           axis_values, False, request=request)
+    return run_lab_model
+
+
+def _slider(name: str, value, lo=None, hi=None, **kwargs) -> FieldSlider:
+    control = TAB_CONTROLS[name]
+    low, high = control.allowed
+    return FieldSlider(low if lo is None else lo, high if hi is None else hi, value=value, label=control.label,
+                       **kwargs)
+
+
+def build_distribution_tab(handlers, default_size: int = 1024) -> Distributions:
+    lab = Distributions(handlers)
+    gr.Markdown(INTRO + (TOY_INTRO if lab.toy else NO_TARGET), elem_id="lab-intro")
+    c: dict[str, Any] = {}
+    with gr.Row(elem_id="lab"):
+        with gr.Column(scale=2, min_width=320):
+            preset = FieldDropdown([(name, name) for name in lab.presets], value=None, label="Lab preset",
+                                   info="Settings that reproduce a published claim; the note says what you will "
+                                   "see, as measured.", visible=bool(lab.presets))
+            preset_note = gr.Markdown("", elem_id="lab-preset-note")
+            c["prompt"] = FieldTextbox(label="Lab prompt", value="blue square" if lab.toy else "a photo of a cat",
+                                       lines=1)
+            c["prompt_2"] = FieldTextbox(label="Lab prompt 2", value="", lines=1,
+                                         info="Goes to the second text encoder (OpenCLIP bigG); empty: none.")
+            lo = TOY_MIN_SEEDS if lab.toy else 1
+            c["n_seeds"] = _slider("lab_seeds", min(512, lab.max_seeds) if lab.toy else 16, lo, lab.max_seeds,
+                                   step=1, info=f"From {lo} to {lab.max_seeds}: the same seeds (0, 1, ...) run at "
+                                   "every scale.")
+            c["scales"] = FieldTextbox(label="Lab scales", value="1, 3, 7.5" if lab.toy else "1, 5",
+                                       info=f"Comma-separated guidance scales, at most {MAX_SCALES}; 1 is no "
+                                       "guidance (conditional only).")
+            with gr.Row():
+                c["mode"] = FieldDropdown(list(MODES), value="cfg", label="Lab guidance mode")
+                c["scheduler"] = FieldDropdown(list(SCHEDULERS), value="euler", label="Lab scheduler")
+            with gr.Row():
+                c["eta"] = _slider("lab_eta", 0.0, step=0.05, info="DDIM's noise: 0 deterministic, 1 like DDPM.")
+                c["steps"] = _slider("lab_steps", 20 if lab.toy else 8, step=1)
+            size = TOY_SIZE if lab.toy else default_size
+            c["size"] = _slider("lab_size", size, step=8, info="Width and height of each sample, in pixels.")
+            if lab.toy:
+                c["adherence"] = _slider("lab_adherence", 0.5, step=0.05, info=(
+                    "How well the toy model learned prompts: it follows the prompt with this probability and "
+                    "ignores it otherwise. 1 is the data's own conditional; real models sit below 1 too."))
+                c["exact_start"] = FieldCheckbox(False, label="Exact start", info=(
+                    "Start from the exact noisy data distribution instead of N(0, σ_max²): SDXL's schedule "
+                    "leaves a little signal at its first step, which biases even s = 1 (Lin et al. 2023)."))
+            with gr.Accordion("Other axis (one curve per value)", open=False):
+                c["axis"] = FieldDropdown([("none", NO_AXIS)] + [(AXIS_LABELS[a], a) for a in AXES
+                                          if lab.toy or a != "prompt_adherence"], value=NO_AXIS, label="Other axis")
+                c["axis_values"] = FieldTextbox(label="Other axis values", value="",
+                                                info="Pick an axis above to vary it.")
+            with gr.Row(elem_id="lab-buttons"):
+                run_btn = gr.Button("Run lab", variant="primary")
+                stop_btn = gr.Button("Stop lab", variant="stop")
+        with gr.Column(scale=3, min_width=320):
+            out = _results(lab)
+    c["axis"].input(lab.describe_axis, inputs=c["axis"], outputs=c["axis_values"], api_name="describe_lab_axis")
+    inputs = [c[name] for name in lab.inputs()]
+    preset.input(lab.load_preset, inputs=preset, outputs=[*inputs, preset_note], api_name="load_lab_preset")
+    run_btn.click(_wrapped(lab), inputs=inputs, outputs=[out[name] for name in OUTPUTS], api_name="run_lab",
+                  concurrency_id="gpu")
+    stop_btn.click(lab.stop, inputs=out["run_id"], api_name="stop_lab", queue=False)
+    return lab
+
+
+def _results(lab: Distributions) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    out["status"] = gr.HTML(progress_html(0, 1, "Press <b>Run lab</b>."), label="Lab status", elem_id="lab-status")
+    out["figures"] = gr.Gallery(
+        label="Marginals and the 96 items, per scale" if lab.toy else "Samples per scale", preview=True,
+        columns=6, format="png", object_fit="contain", height="auto", buttons=["download", "fullscreen"],
+        elem_id="lab-figures")
+    out["note"] = gr.Markdown("" if lab.toy else NO_TARGET, elem_id="lab-note")
+    out["numbers"] = gr.Dataframe(label="Lab numbers" if lab.toy else "Lab numbers (proxies)", interactive=False,
+                                  elem_id="lab-numbers")
+    plot = dict(x="scale", y="value", color="series", sort="x", x_title="guidance scale s")
+    if lab.toy:
+        titles = (("precision", "Precision vs scale", "share matching the prompt"),
+                  ("entropy", "Entropy vs scale", "entropy (nats)"),
+                  ("tv", "Distance to target vs scale", "total variation"))
+    else:
+        titles = tuple((slot, f"{column} vs scale", column.removeprefix("proxy: "))
+                       for slot, column in zip(("precision", "entropy", "tv"), draw.PROXY_COLUMNS.values()))
+    with gr.Row():
+        for slot, label, y_title in titles:
+            out[slot] = gr.LinePlot(label=label, y_title=y_title, elem_id=f"lab-{slot}", min_width=300, **plot)
+    for slot in ("precision", "entropy", "tv"):
+        out.setdefault(slot, gr.LinePlot(visible=False, **plot))
+    out["samples"] = gr.Gallery(label="Samples per scale (first 64 seeds)", columns=6, format="jpeg",
+                                object_fit="contain", height="auto", visible=lab.toy, elem_id="lab-samples")
+    out["run_id"] = gr.Textbox(label="Lab run id", visible=False)
+    return out
