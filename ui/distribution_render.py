@@ -29,15 +29,18 @@ PANEL_TITLES = {"size": "size", "colour": "colour", "shape": "shape", "vertical"
 PLAIN_BAR = (70, 120, 180)
 BACKGROUND = (255, 255, 255)
 GRID = (225, 225, 225)
-WIDTH = 1120
+WIDTH = 760  # px: shown at about its own size in the results column on a desktop
+MARGINAL_ROWS = (("size", "colour", "shape"), ("vertical", "horizontal"))
+MARGIN_LEFT = 44
 FONT = 15
 # The 96 items, grouped so the histogram reads: colour (outer), then shape, then size, then place.
 ITEM_ORDER = sorted(range(len(ITEMS)), key=lambda n: (
     VOCABULARY["colour"].index(ITEMS[n].colour), VOCABULARY["shape"].index(ITEMS[n].shape),
     VOCABULARY["size"].index(ITEMS[n].size), ITEMS[n].vertical != "top", ITEMS[n].horizontal != "left"))
 MOSAIC_COLUMNS = 8
-BAR_WIDTH = 10  # px per item; 96 of them with the gaps fill WIDTH
-HISTOGRAM_LEFT, HISTOGRAM_TOP, HISTOGRAM_BELOW = 50, 10, 56
+BAR_WIDTH = 6  # px per item: 96 of them, with the gaps between groups, fit in WIDTH
+HISTOGRAM_LEFT, HISTOGRAM_TOP, HISTOGRAM_BELOW = 50, 10, 46
+SHAPE_GAP, COLOUR_GAP = 5, 14
 
 METRIC_COLUMNS = {  # ExactStats.metrics key -> the table's column
     "precision": "precision", "tv_data": "TV to data", "tv_model": "TV to model", "tv_tilted": "TV to tilted",
@@ -95,57 +98,69 @@ def _bar_colour(attribute: str, value: str) -> tuple[int, int, int]:
 
 
 def legend(draw: ImageDraw.ImageDraw, x: int, y: int, targets: Sequence[str]) -> None:
+    """The key, one entry to a line: the bar, then each target's line."""
     font = _font(FONT - 1)
-    draw.rectangle([x, y + 3, x + 14, y + 15], fill=PLAIN_BAR)
-    draw.text((x + 20, y), "sampled share", fill="black", font=font)
-    x += 40 + int(draw.textlength("sampled share", font=font))
-    for key in targets:
+    draw.rectangle([x, y + 3, x + 26, y + 15], fill=PLAIN_BAR)
+    draw.text((x + 34, y), "sampled share (bars)", fill="black", font=font)
+    for k, key in enumerate(targets, start=1):
         label, colour, dashed = TARGETS[key]
-        _hline(draw, x, x + 26, y + 9, colour, dashed, width=dict(TARGET_ORDER)[key])
-        draw.text((x + 32, y), f"target: {label}", fill="black", font=font)
-        x += 60 + int(draw.textlength(f"target: {label}", font=font))
+        _hline(draw, x, x + 26, y + 22 * k + 9, colour, dashed, width=dict(TARGET_ORDER)[key])
+        draw.text((x + 34, y + 22 * k), f"target: {label}", fill="black", font=font)
 
 
-def marginals_panel(result: ScaleResult, height: int = 250) -> Image.Image:
-    """One panel per attribute: the sampled share of each value (bars) against each target's (lines).
+def marginal_rows(result: ScaleResult, row_height: int = 190) -> Image.Image:
+    """One panel per attribute, in two rows (size, colour, shape; then place), with the legend beside the
+    second: the sampled share of each value (bars) against each target's (lines).
 
     The view a learner reads fastest: "CFG at 5 makes 66% of the shapes big; the prompt never said big, and
     the data and the tilted target keep it at 50%". The y axis is fixed at 0 to 1, so panels compare across
     scales."""
     exact = result.exact
-    total = max(1, int(exact.counts.sum()))
-    sampled = exact.counts / total
-    image = Image.new("RGB", (WIDTH, height), BACKGROUND)
+    sampled = exact.counts / max(1, int(exact.counts.sum()))
+    targets = {key: p for key, p in exact.targets.items() if key in TARGETS}
+    image = Image.new("RGB", (WIDTH, 2 * row_height), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    font, small = _font(), _font(FONT - 2)
-    left, top, bottom = 44, 26, height - 26
-    plot_h = bottom - top
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = bottom - tick * plot_h
-        draw.line([(left, y), (WIDTH - 8, y)], fill=GRID, width=1)
-        draw.text((left - 6, y), f"{tick:g}", fill="gray", font=small, anchor="rm")
-    widths = {a: len(VOCABULARY[a]) + 1 for a in ATTRIBUTES}
-    unit = (WIDTH - left - 8) / sum(widths.values())
-    x = left
-    for attribute in ATTRIBUTES:
-        panel_w = widths[attribute] * unit
-        draw.text((x + panel_w / 2, 4), PANEL_TITLES[attribute], fill="black", font=font, anchor="mt")
-        shares = marginal(sampled, attribute)
-        targets = {key: marginal(p, attribute) for key, p in exact.targets.items() if key in TARGETS}
-        bar_w = unit * 0.7
-        for k, value in enumerate(VOCABULARY[attribute]):
-            x0 = x + unit * (0.5 + k) + (unit - bar_w) / 2
-            share = shares[value]
-            draw.rectangle([x0, bottom - share * plot_h, x0 + bar_w, bottom], fill=_bar_colour(attribute, value))
-            _targets(draw, x0 - 3, x0 + bar_w + 3, {key: bottom - t[value] * plot_h for key, t in targets.items()})
-            # the share above the bar and above any target line near it, so no line crosses the number
-            label_y = min([bottom - share * plot_h] + [bottom - t[value] * plot_h for t in targets.values()
-                                                       if abs(t[value] - share) * plot_h < 16])
-            draw.text((x0 + bar_w / 2, label_y - 4), f"{share:.2f}", fill="black", font=small, anchor="mb")
-            draw.text((x0 + bar_w / 2, bottom + 4), value, fill="black", font=small, anchor="mt")
-        x += panel_w
-        draw.line([(x - unit * 0.25, top), (x - unit * 0.25, bottom)], fill=(200, 200, 200), width=1)
+    unit = (WIDTH - MARGIN_LEFT - 8) / sum(len(VOCABULARY[a]) + 1 for a in MARGINAL_ROWS[0])
+    for row, attributes in enumerate(MARGINAL_ROWS):
+        top = row * row_height
+        width = sum(len(VOCABULARY[a]) + 1 for a in attributes) * unit
+        _axis(draw, MARGIN_LEFT, MARGIN_LEFT + width, top + 24, top + row_height - 26)
+        x = MARGIN_LEFT
+        for attribute in attributes:
+            x = _marginal(draw, attribute, sampled, targets, x, unit, top + 24, top + row_height - 26)
+    legend(draw, int(MARGIN_LEFT + 7 * unit), row_height + 30, list(targets))
     return image
+
+
+def _axis(draw: ImageDraw.ImageDraw, x0: float, x1: float, top: float, bottom: float) -> None:
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = bottom - tick * (bottom - top)
+        draw.line([(x0, y), (x1, y)], fill=GRID, width=1)
+        draw.text((x0 - 6, y), f"{tick:g}", fill="gray", font=_font(FONT - 2), anchor="rm")
+
+
+def _marginal(draw: ImageDraw.ImageDraw, attribute: str, sampled, targets: dict, x: float, unit: float,
+              top: float, bottom: float) -> float:
+    """One attribute's panel from `x`; returns where the next begins."""
+    small, plot_h = _font(FONT - 2), bottom - top
+    values = VOCABULARY[attribute]
+    panel_w = (len(values) + 1) * unit
+    draw.text((x + panel_w / 2, top - 22), PANEL_TITLES[attribute], fill="black", font=_font(), anchor="mt")
+    shares = marginal(sampled, attribute)
+    wanted = {key: marginal(p, attribute) for key, p in targets.items()}
+    bar_w = unit * 0.7
+    for k, value in enumerate(values):
+        x0 = x + unit * (0.5 + k) + (unit - bar_w) / 2
+        share = shares[value]
+        draw.rectangle([x0, bottom - share * plot_h, x0 + bar_w, bottom], fill=_bar_colour(attribute, value))
+        _targets(draw, x0 - 3, x0 + bar_w + 3, {key: bottom - t[value] * plot_h for key, t in wanted.items()})
+        # the share above the bar and above any target line near it, so no line crosses the number
+        label_y = min([bottom - share * plot_h] + [bottom - t[value] * plot_h for t in wanted.values()
+                                                   if abs(t[value] - share) * plot_h < 16])
+        draw.text((x0 + bar_w / 2, label_y - 4), f"{share:.2f}", fill="black", font=small, anchor="mb")
+        draw.text((x0 + bar_w / 2, bottom + 4), value, fill="black", font=small, anchor="mt")
+    draw.line([(x + panel_w - unit * 0.25, top), (x + panel_w - unit * 0.25, bottom)], fill=(200, 200, 200))
+    return x + panel_w
 
 
 def _glyph(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, colour) -> None:
@@ -158,40 +173,36 @@ def _glyph(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float
         draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=colour)
 
 
-def items_histogram(result: ScaleResult, height: int = 300) -> Image.Image:
+def items_histogram(result: ScaleResult, height: int = 260) -> Image.Image:
     """The 96 items as bars (share of seeds nearest each), grouped by colour, then shape, then size (small,
-    big), then place (top-left, top-right, bottom-left, bottom-right); the targets as ticks over each bar."""
+    lighter, then big), then place (top-left, top-right, bottom-left, bottom-right); the targets as lines over
+    each bar."""
     exact = result.exact
-    total = max(1, int(exact.counts.sum()))
-    sampled = exact.counts / total
+    sampled = exact.counts / max(1, int(exact.counts.sum()))
     targets = {key: p for key, p in exact.targets.items() if key in TARGETS}
     top_value = max([float(sampled.max())] + [float(p.max()) for p in targets.values()] + [1e-9]) * 1.12
     image = Image.new("RGB", (WIDTH, height), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    font, small = _font(), _font(FONT - 2)
-    left, top, bottom = 44, HISTOGRAM_TOP, height - HISTOGRAM_BELOW
-    plot_h = bottom - top
-    step = _nice_step(top_value)
-    tick = 0.0
+    bottom = height - HISTOGRAM_BELOW
+    plot_h = bottom - HISTOGRAM_TOP
+    step, tick = _nice_step(top_value), 0.0
     while tick <= top_value:
         y = bottom - tick / top_value * plot_h
-        draw.line([(left, y), (WIDTH - 8, y)], fill=GRID, width=1)
-        draw.text((left - 6, y), f"{tick:.2g}", fill="gray", font=small, anchor="rm")
+        draw.line([(MARGIN_LEFT, y), (WIDTH - 8, y)], fill=GRID, width=1)
+        draw.text((MARGIN_LEFT - 6, y), f"{tick:.2g}", fill="gray", font=_font(FONT - 2), anchor="rm")
         tick += step
-    bar_w, shape_gap = BAR_WIDTH, 6
     for position, (n, x) in enumerate(item_columns().items()):
         item = ITEMS[n]
-        fill = COLOURS[item.colour] if item.size == "big" else tuple(int(c * 0.55 + 255 * 0.45) for c in COLOURS[item.colour])
-        draw.rectangle([x, bottom - sampled[n] / top_value * plot_h, x + bar_w - 2, bottom], fill=fill)
+        colour = COLOURS[item.colour]
+        fill = colour if item.size == "big" else tuple(int(c * 0.55 + 255 * 0.45) for c in colour)
+        draw.rectangle([x, bottom - sampled[n] / top_value * plot_h, x + BAR_WIDTH - 2, bottom], fill=fill)
         # a target of 0 is left out here (the marginals show it): 96 lines along the axis would hide small bars
-        _targets(draw, x - 1, x + bar_w - 1, {key: bottom - p[n] / top_value * plot_h for key, p in targets.items()
-                                              if p[n] > 0})
-        if position % 8 == 0:  # under each shape group: its glyph, and "small | big"
-            _glyph(draw, item.shape, x + 4 * bar_w - 1, bottom + 13, 6, COLOURS[item.colour])
-            draw.text((x + 2 * bar_w - 1, bottom + 22), "small", fill="gray", font=_font(FONT - 4), anchor="mt")
-            draw.text((x + 6 * bar_w - 1, bottom + 22), "big", fill="gray", font=_font(FONT - 4), anchor="mt")
+        _targets(draw, x - 1, x + BAR_WIDTH - 1, {key: bottom - p[n] / top_value * plot_h
+                                                  for key, p in targets.items() if p[n] > 0})
+        if position % 8 == 0:  # under each shape group (small, then big), its glyph
+            _glyph(draw, item.shape, x + 4 * BAR_WIDTH - 1, bottom + 12, 6, colour)
         if position % 24 == 0:
-            draw.text((x + 12 * bar_w + shape_gap, bottom + 38), item.colour, fill="black", font=font, anchor="mt")
+            draw.text((x + 12 * BAR_WIDTH + SHAPE_GAP, bottom + 26), item.colour, fill="black", font=_font(), anchor="mt")
     return image
 
 
@@ -201,9 +212,9 @@ def item_columns(left: int = HISTOGRAM_LEFT) -> dict[int, int]:
     columns, x = {}, left
     for position, n in enumerate(ITEM_ORDER):
         if position and position % 24 == 0:
-            x += 16
+            x += COLOUR_GAP
         elif position and position % 8 == 0:
-            x += 6
+            x += SHAPE_GAP
         columns[n] = x
         x += BAR_WIDTH
     return columns
@@ -215,27 +226,29 @@ def _nice_step(top: float) -> float:
     return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
 
 
-def headline(result: ScaleResult, axis_label: str = "") -> str:
+def headline(result: ScaleResult, axis_label: str = "") -> tuple[str, str]:
+    """(which result, its main numbers): the figure's two title lines."""
     m = result.exact.metrics
-    return (f"{result_name(result, axis_label)} · {result.n_seeds} seeds · precision {m['precision']:.2f} · "
-            f"TV to model {m['tv_model']:.3f} (noise band {m['noise_band']:.3f}) · "
-            f"effective items {m['effective_items']:.1f}")
+    return (f"{result_name(result, axis_label)} · {result.n_seeds} seeds",
+            f"precision {m['precision']:.2f} · TV to model {m['tv_model']:.3f} (noise band {m['noise_band']:.3f})"
+            f" · effective items {m['effective_items']:.1f}")
 
 
 def scale_figure(result: ScaleResult, axis_label: str = "") -> Image.Image:
-    """One result of the toy world: a title line and the legend, the marginals (first: read fastest), then
-    the 96-item histogram."""
-    marginals, histogram = marginals_panel(result), items_histogram(result)
-    head = 62
-    image = Image.new("RGB", (WIDTH, head + marginals.height + 28 + histogram.height), BACKGROUND)
+    """One result of the toy world: two title lines, the marginals with the legend (first: read fastest),
+    then the 96-item histogram."""
+    marginals, histogram = marginal_rows(result), items_histogram(result)
+    head = 50
+    image = Image.new("RGB", (WIDTH, head + marginals.height + 26 + histogram.height), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    draw.text((12, 8), headline(result, axis_label), fill="black", font=_font(FONT + 2))
-    legend(draw, 12, 36, [key for key in TARGETS if key in result.exact.targets])
+    title, numbers = headline(result, axis_label)
+    draw.text((10, 6), title, fill="black", font=_font(FONT + 3))
+    draw.text((10, 28), numbers, fill="black", font=_font(FONT))
     image.paste(marginals, (0, head))
     y = head + marginals.height
-    draw.text((12, y + 6), "Every one of the 96 items (lighter: small, darker: big; places TL, TR, BL, BR):",
-              fill="black", font=_font(FONT - 1))
-    image.paste(histogram, (0, y + 28))
+    draw.text((10, y + 4), "All 96 items: lighter small, darker big; each at top-left, top-right, bottom-left, "
+              "bottom-right", fill="black", font=_font(FONT - 1))
+    image.paste(histogram, (0, y + 26))
     return image
 
 
@@ -299,9 +312,10 @@ def curve_frames(results: Sequence[ScaleResult], scales: Sequence[float], axis_v
     proxy in `metrics`."""
     values = list(axis_values) or [None]
 
-    def series(name: str, value) -> str:
-        return name if value is None else (f"{axis_label} {value_text(value)}" if not name else
-                                           f"{name}, {axis_label} {value_text(value)}")
+    def series(plot: str, label: str, value) -> str:
+        """"to model", "Adherence 0.3", "to model, Adherence 0.3"; the plot's name for its only line."""
+        parts = ([label] if label else []) + ([f"{axis_label} {value_text(value)}"] if value is not None else [])
+        return ", ".join(parts) or plot
 
     measured: dict[tuple[str, Any, float], float] = {}
     for r in results:
@@ -316,8 +330,7 @@ def curve_frames(results: Sequence[ScaleResult], scales: Sequence[float], axis_v
         for key, label in members.items():
             for value in values:
                 for s in scales:
-                    name = series(label, value) or ("s" if value is None else "")
-                    points.append((float(s), measured.get((key, value, float(s))), name or plot))
+                    points.append((float(s), measured.get((key, value, float(s))), series(plot, label, value)))
         plots[plot] = pd.DataFrame(points, columns=["scale", "value", "series"]).astype(
             {"scale": "float64", "value": "float64", "series": "object"})
     return plots

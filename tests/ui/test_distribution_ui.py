@@ -84,19 +84,22 @@ def test_marginals_bar_is_the_sampled_share():
     counts[[k for k, item in enumerate(toy.ITEMS) if item.size == "big"][:32]] = 2
     result = exact_result(counts)
     assert render.marginal(counts / counts.sum(), "size") == pytest.approx({"small": 0.0, "big": 1.0})
-    image = np.asarray(render.marginals_panel(result, height=250).convert("RGB"))
-    left, unit = 44, (render.WIDTH - 44 - 8) / sum(len(v) + 1 for v in toy.VOCABULARY.values())
+    image = np.asarray(render.marginal_rows(result, row_height=190).convert("RGB"))
+    left = render.MARGIN_LEFT
+    unit = (render.WIDTH - left - 8) / sum(len(toy.VOCABULARY[a]) + 1 for a in render.MARGINAL_ROWS[0])
     big_x, small_x = int(left + unit * 2), int(left + unit * 1)  # the centres of "big" and "small"
     plain = np.array(render.PLAIN_BAR)
-    assert np.all(image[60:200, big_x] == plain, axis=-1).mean() > 0.9
-    assert not np.all(image[30:215, small_x] == plain, axis=-1).any()
+    top, bottom = 24, 190 - 26  # the first row's plot: share 1 at the top, 0 at the bottom
+    assert np.all(image[top + 20:bottom, big_x] == plain, axis=-1).mean() > 0.95
+    assert not np.all(image[top:bottom - 1, small_x] == plain, axis=-1).any()
 
 
 def test_scale_figure_has_title_legend_marginals_and_histogram():
     result = exact_result(one_item(0), scale=7.5)
     figure = render.scale_figure(result)
     assert figure.width == render.WIDTH and figure.height > 500
-    assert render.headline(result).startswith("s = 7.5 · 64 seeds · precision 0.00")
+    assert render.headline(result)[0] == "s = 7.5 · 64 seeds"
+    assert render.headline(result)[1].startswith("precision 0.00 · TV to model 0.995 (noise band 0.200)")
     assert render.caption(exact_result(one_item(0), axis_value=(0.0, 0.4)), "Guidance interval") == (
         "s = 3 · Guidance interval 0–0.4: precision 0.00, TV to model 0.995")
 
@@ -119,6 +122,7 @@ def test_curves_list_every_planned_point_and_fill_in_what_is_measured():
     precision = frames["precision"]
     assert list(precision["scale"]) == [1.0, 3.0, 7.5]
     assert precision["value"].isna().tolist() == [True, False, True]
+    assert set(precision["series"]) == {"precision"}
     assert set(frames["tv"]["series"]) == {"to data", "to model", "to tilted", "noise band"}
     assert len(frames["tv"]) == 12
     with_axis = render.curve_frames([exact_result(one_item(0), axis_value=0.3)], [3.0], [0.3, 1.0], "Adherence")
@@ -181,3 +185,107 @@ def test_axis_text_reads_back():
                        ("prompt_adherence", "0.3, 1")]:
         name, values = parse_axis(axis, text)
         assert axis_text(name, values) == text
+
+
+# --- the API, on a toy-world server ---------------------------------------------------------------------
+
+API = dict(prompt="blue square", prompt_2="", n_seeds=64, scales="1, 3, 7.5", mode="cfg", scheduler="euler",
+           eta=0.0, steps=4, size=64, adherence=0.5, axis="none", axis_values="", exact_start=False)
+STATUS, FIGURES, NOTE, NUMBERS, PRECISION, ENTROPY, TV, SAMPLES, RUN_ID = range(9)
+
+
+@pytest.fixture(scope="module")
+def toy_client(toy_pipe, tmp_path_factory):
+    from gradio_client import Client
+
+    from tests.ui.conftest import free_port
+    from ui import Handlers, build_demo
+
+    handlers = Handlers(toy_pipe, model_name="toy", output_dir=tmp_path_factory.mktemp("outputs"))
+    demo = build_demo(handlers, default_size=128)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    try:
+        yield Client(demo.local_url, download_files=False, verbose=False)
+    finally:
+        demo.close()
+
+
+def gallery(value) -> list:
+    """A gallery output: its items (an update that also picks the newest result carries them in "value")."""
+    return value["value"] if isinstance(value, dict) else value
+
+
+def status_text(update) -> str:
+    return re.sub(r"<[^>]+>", "", update[STATUS])
+
+
+def test_a_run_streams_one_result_per_scale(toy_client):
+    job = toy_client.submit(**API, api_name="/run_lab")
+    updates = list(job)
+    assert job.exception() is None, job.exception()
+    statuses = [status_text(u) for u in updates]
+    assert statuses[0].startswith("Starting: 3 scales × 64 seeds")
+    results = updates[1:]
+    assert len(results) == 3, statuses
+    for k, update in enumerate(results, start=1):
+        assert re.match(rf"(Measuring|Done): scale {k} of 3 \(s = [\d.]+\): 64 seeds in [\d.]+ s", status_text(update))
+        assert f'value="{k}" max="3"' in update[STATUS]  # the progress bar
+        figures = gallery(update[FIGURES])
+        assert update[FIGURES]["selected_index"] == k - 1  # the newest result is the one shown
+        assert len(figures) == k and figures[-1]["image"]["path"].endswith(".png")
+        assert len(update[NUMBERS]["data"]) == k
+    assert statuses[-1].startswith("Done: scale 3 of 3 (s = 7.5)")
+    captions = [f["caption"] for f in gallery(results[-1][FIGURES])]
+    assert [c.split(":")[0] for c in captions] == ["s = 1", "s = 3", "s = 7.5"]
+    assert "noise band" in results[-1][NOTE]
+    precision = results[-1][PRECISION]["data"]
+    assert [row[0] for row in precision] == [1.0, 3.0, 7.5] and all(row[1] is not None for row in precision)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(n_seeds=10), "Lab seeds: must be from 64 to 1024"),
+    (dict(n_seeds=64.5), "Lab seeds: must be a whole number from 1 to 1024, got 64.5: a fraction is not rounded"),
+    (dict(scales="1, 99"), "Lab scales: each must be a number from 0.0 to 50.0"),
+    (dict(adherence=1.5), "Lab prompt adherence: must be a number from 0 to 1"),
+    (dict(mode="sideways"), "Lab guidance mode: must be one of"),
+    (dict(size=100), "Lab size:"),
+    (dict(axis="sideways"), "Other axis: must be one of"),
+])
+def test_api_errors_name_the_control_and_its_range(toy_client, changes, message):
+    job = toy_client.submit(**{**API, **changes}, api_name="/run_lab")
+    list(job)
+    assert message in str(job.exception()), job.exception()
+
+
+def test_describe_axis_fills_an_example(toy_client):
+    update = toy_client.predict("guidance_interval", api_name="/describe_lab_axis")
+    assert update["value"] == "0-1, 0-0.4, 0.4-1" and "start-stop pair" in update["info"]
+
+
+def test_stop_ends_the_run_and_says_where(toy_client):
+    job = toy_client.submit(**{**API, "scales": "1, 2, 3, 4, 5, 6, 7, 8"}, api_name="/run_lab")
+    run_id = None
+    for update in job:
+        run_id = run_id or update[RUN_ID]
+        if "scale 1 of 8" in status_text(update):
+            toy_client.predict(run_id, api_name="/stop_lab")
+    last = status_text(update)
+    assert job.exception() is None and last.startswith("Stopped after"), last
+    done = int(re.match(r"Stopped after (\d+) of 8", last).group(1))
+    assert 1 <= done < 8
+
+
+# --- the API on the tiny model: no exact target -------------------------------------------------------------
+
+
+def test_a_real_model_has_no_target_and_shows_mosaics_and_proxies(client):
+    job = client.submit(prompt="an otter", prompt_2="", n_seeds=4, scales="1, 4", mode="cfg", scheduler="euler",
+                        eta=0.0, steps=2, size=64, axis="none", axis_values="", api_name="/run_lab")
+    updates = list(job)
+    assert job.exception() is None, job.exception()
+    last = updates[-1]
+    assert "No exact target on this model" in last[NOTE] and "proxies" in last[NOTE]
+    assert len(gallery(last[FIGURES])) == 2
+    columns = last[NUMBERS]["headers"]
+    assert any(c.startswith("proxy: ") for c in columns) and "precision" not in columns
