@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import html
 import threading
-import time
+import uuid
+from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
@@ -126,6 +127,32 @@ def progress_html(done: int, total: int, text: str) -> str:
     return f'{bar}<div id="lab-status-text">{text}</div>'
 
 
+class Pictures:
+    """A run's pictures, drawn and saved once each as its result arrives: every update sends them all (a gallery
+    is replaced whole), and drawing and encoding them all again each time would grow with the square of the
+    results."""
+
+    def __init__(self, folder: Path, axis_label: str, toy: bool) -> None:
+        self.folder, self.axis_label, self.toy = folder, axis_label, toy
+        self.figures: list[tuple[str, str]] = []  # (PNG path, caption): the toy's figure, a real model's mosaic
+        self.samples: list[tuple[str, str]] = []  # (JPEG path, caption): the toy's samples
+
+    def add(self, result: ScaleResult) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        k, caption = len(self.figures), draw.caption(result, self.axis_label)
+        if result.exact is not None:
+            self.figures.append((self._save(draw.scale_figure(result, self.axis_label), f"figure-{k}.png"), caption))
+        else:
+            self.figures.append((self._save(draw.mosaic(result), f"mosaic-{k}.png"), caption))
+        if self.toy:
+            self.samples.append((self._save(draw.mosaic(result), f"samples-{k}.jpg"), caption))
+
+    def _save(self, image, name: str) -> str:
+        path = self.folder / name
+        image.convert("RGB").save(path, quality=90)  # quality: the JPEG's; a PNG ignores it
+        return str(path)
+
+
 class Distributions:
     """The Distribution tab's behaviour; one instance serves every session."""
 
@@ -181,11 +208,13 @@ class Distributions:
                         figures=[], numbers=None, precision=None, entropy=None, tv=None, samples=[],
                         note=self._note(None))
         results: list[ScaleResult] = []
+        pictures = Pictures(self.handlers.output_dir / f"lab-{uuid.uuid4().hex[:12]}", axis_label, self.toy)
         events = run_lab(self.handlers.pipe, settings)
         try:
             for result in events:
                 results.append(result)
-                yield self._update(results, settings, axis_label)
+                pictures.add(result)
+                yield self._update(results, pictures, settings, axis_label)
                 if stop.is_set():
                     break
         except Exception as exc:
@@ -197,19 +226,18 @@ class Distributions:
             yield self._out(status=progress_html(len(results), total, f"<b>Stopped</b> after {len(results)} of "
                                                  f"{total}.{kept}"))
 
-    def _update(self, results: list[ScaleResult], settings: LabSettings, axis_label: str) -> tuple:
+    def _update(self, results: list[ScaleResult], pictures: Pictures, settings: LabSettings,
+                axis_label: str) -> tuple:
         last = results[-1]
         where = "scale" if settings.axis is None else "result"
         name = draw.result_name(last, axis_label)
         head = "Done" if last.done == last.total else "Measuring"
         line = (f"<b>{head}:</b> {where} {last.done} of {last.total} ({html.escape(name)}): {last.n_seeds} seeds "
                 f"in {last.seconds:.1f} s")
-        figures = [((draw.scale_figure(r, axis_label) if r.exact is not None else draw.mosaic(r)),
-                    draw.caption(r, axis_label)) for r in results]
         plots = self._curves(results, settings, axis_label)
-        samples = [(draw.mosaic(r), draw.caption(r, axis_label)) for r in results] if self.toy else gr.skip()
+        samples = list(pictures.samples) if self.toy else gr.skip()
         return self._out(status=progress_html(last.done, last.total, line),
-                         figures=gr.update(value=figures, selected_index=len(figures) - 1),
+                         figures=gr.update(value=list(pictures.figures), selected_index=len(pictures.figures) - 1),
                          numbers=draw.table(results, axis_label), note=self._note(last), samples=samples, **plots)
 
     def _curves(self, results, settings: LabSettings, axis_label: str) -> dict:
