@@ -289,3 +289,27 @@ def test_a_real_model_has_no_target_and_shows_mosaics_and_proxies(client):
     assert len(gallery(last[FIGURES])) == 2
     columns = last[NUMBERS]["headers"]
     assert any(c.startswith("proxy: ") for c in columns) and "precision" not in columns
+
+
+def test_a_preset_sets_every_input_and_keeps_its_note(toy_pipe):
+    import gradio as gr
+
+    from pipeline import GenerationRequest
+    from pipeline.distribution import LabPreset, LabSettings
+    from ui import Handlers
+    from ui.distribution_tab import INPUTS
+
+    settings = LabSettings(GenerationRequest(prompt="blue square", steps=20, width=128, height=128, seeds=(0,),
+                                             scheduler="ddim", eta=1.0, prompt_adherence=0.3),
+                           (1.0, 3.0, 7.5), 256, axis="guidance_interval", axis_values=((0.0, 1.0), (0.0, 0.4)))
+    lab = Distributions(Handlers(toy_pipe, model_name="toy"),
+                        presets=[LabPreset("Why guidance", "Conditional only matches 53%.", settings)])
+    values = dict(zip(INPUTS, lab.load_preset("Why guidance")))
+    assert values == dict(prompt="blue square", prompt_2="", n_seeds=256, scales="1, 3, 7.5", mode="cfg",
+                          scheduler="ddim", eta=1.0, steps=20, size=128, adherence=0.3, axis="guidance_interval",
+                          axis_values="0-1, 0-0.4", exact_start=False)
+    assert lab.load_preset("Why guidance")[-1] == "**Why guidance.** Conditional only matches 53%."
+    # and the page's inputs read back into the preset's own settings
+    assert lab.settings(**{k: v for k, v in values.items()}) == settings
+    with pytest.raises(gr.Error, match="Lab preset: must be one of Why guidance"):
+        lab.load_preset("nonsense")
