@@ -17,11 +17,23 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-import numpy as np
-from PIL import Image
+import functools
+import math
+import os
+import time
+from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .loop import _timesteps, denoise_batch
 from .models import toy
-from .request import GUIDANCE_SCALE_RANGE, SEED_RANGE, GenerationRequest, RequestError
+from .models.toy import is_toy
+from .presets import PRESETS_DIR, PresetError, _check_text, _parse_toml
+from .previews import final_images
+from .request import GUIDANCE_SCALE_RANGE, MAX_SEEDS, SEED_RANGE, GenerationRequest, RequestError
 
 ATTRIBUTES: tuple[str, ...] = tuple(toy.VOCABULARY)  # size, colour, shape, vertical, horizontal
 AXES: tuple[str, ...] = ("guidance_interval", "guidance_rescale", "prompt_adherence", "mode", "scheduler")
@@ -32,6 +44,13 @@ TOY_MAX_SEEDS = 1024  # the toy's exact denoiser costs microseconds per seed and
 # already ~1.5 h there; more would be a job, not a lab experiment.
 MODEL_MAX_SEEDS = 64
 MAX_THUMBNAILS = 64
+MODEL_BATCH_IMAGES = 16  # a real model's images per denoise_batch call
+TOY_MAX_BATCH_IMAGES = 1024  # results stream every 1024 images (~1 scale); one batch of all: ~15% less CPU
+TOY_BATCH_BYTES = 2 * 1024**3  # what one toy batch's float64 step tensors may take
+TOY_TENSORS_PER_ROW = 16  # (rows, D) float64 tensors a toy step holds at once, counted generously (2 passes)
+NOISE_BAND_DRAWS = 2000
+ON_DATA_FRACTION = 0.1
+EXACT_START_SALT = 2**40  # the exact start's generator seeds sit apart from every loop seed (at most 2^32 - 1)
 THUMBNAIL_SIZE = 96  # px, the longer side
 
 
@@ -137,7 +156,7 @@ class ExactStats:
     """Toy world only: everything is exact against the known data."""
 
     counts: np.ndarray  # (96,) int: how many seeds landed nearest each item (toy.ITEMS order)
-    distances: np.ndarray  # (n_seeds,) latent distance of each sample to its nearest item
+    distances: np.ndarray  # (n_seeds,) latent distance of each sample (its last clean estimate) to its nearest item
     on_data: np.ndarray  # (n_seeds,) bool: the sample IS a data item (distance below `on_data_bound`)
     targets: dict[str, np.ndarray]  # "data", "model", "tilted": each (96,), sums to 1
     metrics: dict[str, float]  # precision, tv_data, tv_model, tv_tilted, entropy, effective_items,
@@ -159,33 +178,364 @@ class ScaleResult:
 
 def marginal(p: np.ndarray, attribute: str) -> dict[str, float]:
     """A (96,) distribution over toy.ITEMS -> the share of each value of `attribute`, in VOCABULARY order."""
-    raise NotImplementedError
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"attribute: must be one of {', '.join(ATTRIBUTES)}, got {attribute!r}")
+    values = [getattr(item, attribute) for item in toy.ITEMS]
+    return {value: float(sum(q for q, v in zip(p, values) if v == value)) for value in toy.VOCABULARY[attribute]}
 
 
-def measure(pipe, request: GenerationRequest, scales: Sequence[float], n_seeds: int,
-            **options: Any) -> Iterator[ScaleResult]:
-    """Yield one result per (axis value, scale) as it finishes; `options` are LabSettings' other fields."""
-    return run_lab(pipe, LabSettings(request, tuple(scales), n_seeds, **options))
+# --- the exact targets (toy world) ----------------------------------------------------------------------
 
 
-def run_lab(pipe, settings: LabSettings) -> Iterator[ScaleResult]:
-    """`measure`, from a LabSettings."""
-    raise NotImplementedError
+def prompt_items(request: GenerationRequest) -> np.ndarray:
+    """(96,) bool: the items the request's prompt selects, read as the toy UNet reads them (the words of
+    Prompt and Prompt 2, united; no known word selects every item)."""
+    found = torch.zeros(1, len(toy.WORDS))
+    for word in toy.caption_words(request.prompt) + toy.caption_words(request.prompt_2):
+        found[0, toy.WORDS.index(word)] = 1.0
+    return toy.matching_items(found)[0].numpy()
+
+
+def targets(allowed: np.ndarray, adherence: float, scale: float) -> dict[str, np.ndarray]:
+    """The exact distributions over toy.ITEMS that a learner compares a histogram with, each (96,), summing to 1.
+
+    data: p(x | c), uniform over the prompt's items. model: the toy model's own p_a(x | c) = a p(x | c) +
+    (1 - a) p(x) (`toy.item_prior`). tilted: p_a(x | c)^s p(x)^(1 - s), normalised, the distribution that
+    "sampling the sharpened model" would give; CFG's sampler does not sample it (Bradley & Nakkiran 2024,
+    arXiv 2408.09000; Chidambaram et al. 2024, arXiv 2409.13074). p(x) is uniform over the 96 items.
+    """
+    mask = torch.as_tensor(allowed)[None]
+    data = toy.item_prior(mask, 1.0)[0].numpy()
+    model = toy.item_prior(mask, adherence)[0].numpy()
+    prior = np.full(len(toy.ITEMS), 1.0 / len(toy.ITEMS))
+    with np.errstate(divide="ignore"):
+        log_tilted = scale * np.log(model) + (1.0 - scale) * np.log(prior)  # an item of p_a 0 stays 0 for s > 0
+    if scale == 0:
+        log_tilted = np.log(prior)  # 0 * log 0: p_a^0 = 1 everywhere
+    tilted = np.exp(log_tilted - log_tilted.max())
+    return {"data": data, "model": model, "tilted": tilted / tilted.sum()}
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    return float(0.5 * np.abs(p - q).sum())
+
+
+def entropy(p: np.ndarray) -> float:
+    """Shannon entropy in nats (0 log 0 = 0)."""
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+@functools.lru_cache(maxsize=256)
+def _noise_band(n: int, target: bytes, draws: int, quantile: float) -> float:
+    p = np.frombuffer(target, dtype=np.float64)
+    rng = np.random.default_rng(0)  # seeded: the band printed next to a result must not change between runs
+    counts = rng.multinomial(n, p, size=draws)  # (draws, 96)
+    return float(np.quantile(0.5 * np.abs(counts / n - p).sum(axis=1), quantile))
+
+
+def noise_band(n: int, target: np.ndarray, draws: int = NOISE_BAND_DRAWS, quantile: float = 0.95) -> float:
+    """The total variation to `target` that a PERFECT sampler of it stays under with probability `quantile`, at
+    n samples: Monte-Carlo over `draws` multinomial histograms. A TV below it is seed noise, not a difference."""
+    return _noise_band(n, np.ascontiguousarray(target, dtype=np.float64).tobytes(), draws, quantile)
+
+
+def on_data_bound(items: Tensor) -> float:
+    """The latent distance below which a sample IS a data item: ON_DATA_FRACTION of the smallest distance
+    between two items at this size (the nearest pair differ by one small shape's colour)."""
+    distances = torch.cdist(items, items)
+    distances.fill_diagonal_(math.inf)
+    return ON_DATA_FRACTION * float(distances.min())
+
+
+def exact_stats(pipe, request: GenerationRequest, scale: float, latents: Tensor,
+                clean: Tensor | None = None) -> ExactStats:
+    """Where each of (n, 4, h, w) final latents landed among the items, against the three exact targets.
+
+    `clean`: the last step's clean estimate (pred_x0), whose distance to the nearest item says whether the
+    sample is a data item. Euler's last step lands on it exactly; DDIM as SDXL configures it
+    (set_alpha_to_one false) stops at alpha_bar = 0.99915 instead of 1, leaving noise of std 0.029 per latent
+    element: invisible, but 0.93 in distance at 128 px, above any bound that tells a fused shape from an item.
+    """
+    items = pipe.unet.items(*latents.shape[-2:], latents.device)  # (96, D)
+    nearest = torch.cdist(latents.flatten(1).to(items), items).argmin(dim=1)  # (n,): as `toy.nearest_items`
+    clean = latents if clean is None else clean
+    distances = torch.cdist(clean.flatten(1).to(items), items).min(dim=1).values
+    n = latents.shape[0]
+    counts = np.bincount(nearest.cpu().numpy(), minlength=len(toy.ITEMS))
+    allowed = prompt_items(request)
+    adherence = pipe.unet.config.prompt_adherence if request.prompt_adherence is None else request.prompt_adherence
+    goal = targets(allowed, adherence, scale)
+    share = counts / n
+    on_data = (distances < on_data_bound(items)).cpu().numpy()
+    metrics = {
+        "precision": float(share[allowed].sum()),
+        **{f"tv_{name}": total_variation(share, p) for name, p in goal.items()},
+        "entropy": entropy(share),
+        "effective_items": math.exp(entropy(share)),
+        "median_distance": float(distances.median()),
+        "off_data": float(1.0 - on_data.mean()),
+        "noise_band": noise_band(n, goal["model"]),
+        "noise_band_data": noise_band(n, goal["data"]),
+        "noise_band_tilted": noise_band(n, goal["tilted"]),
+    }
+    return ExactStats(counts, distances.cpu().numpy(), on_data, goal, metrics)
+
+
+# --- diversity proxies (real models) ---------------------------------------------------------------------
+
+
+def vendi(features: Tensor) -> float:
+    """The Vendi score (Friedman & Dieng 2022, arXiv 2210.02410): exp of the Shannon entropy of the eigenvalues
+    of K / n, K the cosine-similarity kernel of the n rows. 1 when all rows point one way, n when orthogonal."""
+    x = features.flatten(1).double()
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    eigenvalues = torch.linalg.eigvalsh(x @ x.T / x.shape[0]).clamp_min(0)
+    eigenvalues = eigenvalues[eigenvalues > 0]
+    return float(torch.exp(-(eigenvalues * eigenvalues.log()).sum()))
+
+
+def proxies(latents: Tensor) -> dict[str, float]:
+    """Diversity proxies that need no extra weights, from (n, 4, h, w) final (VAE) latents. MS-SSIM is left
+    out: no library in requirements.txt computes it."""
+    x = latents.flatten(1).double()
+    pairwise = float(torch.pdist(x).mean()) if x.shape[0] > 1 else 0.0
+    return {"pairwise_latent_distance": pairwise, "vendi": vendi(x)}
+
+
+# --- running the seeds -----------------------------------------------------------------------------------
+
+
+def exact_start_latents(pipe, request: GenerationRequest, seeds: Sequence[int]) -> Tensor:
+    """(len(seeds), 4, h, w) starting latents drawn from the exact noisy data distribution at the run's first
+    timestep, in the loop's `init_latents` convention (it multiplies them by init_noise_sigma).
+
+    q(x_T | c) = sum_n p_a(n | c) N(sqrt(ab_T) z_n, (1 - ab_T) I): the noised model conditional, which the
+    sampler at s = 1 then follows exactly. SDXL's schedule does not reach zero SNR at T (ab_T = 0.0047), so
+    its usual start N(0, sigma_max^2) misses the data's remaining signal and biases even s = 1 (Lin et al. 2023,
+    arXiv 2305.08891). Each seed draws its item and noise from its own generator, seeded apart from the loop's
+    (EXACT_START_SALT), so a seed's start is reproducible and independent of the sampler's own noise.
+    """
+    scheduler, timesteps = _timesteps(pipe, request)
+    f = pipe.vae_scale_factor
+    h, w = request.height // f, request.width // f
+    items = pipe.unet.items(h, w)  # (96, D), float64
+    adherence = pipe.unet.config.prompt_adherence if request.prompt_adherence is None else request.prompt_adherence
+    prior = toy.item_prior(torch.as_tensor(prompt_items(request))[None], adherence)[0]
+    t = timesteps[:1]
+    a = pipe.unet.alpha_bar(t.double().cpu())[0]
+    # The model input is the variance-preserving x_t; a sigma-space scheduler (Euler) holds x_t / sqrt(ab).
+    to_scheduler = 1.0 / float(scheduler.scale_model_input(torch.ones(1), t)[0])
+    out = []
+    for seed in seeds:
+        g = torch.Generator("cpu").manual_seed(seed + EXACT_START_SALT)
+        n = int(torch.multinomial(prior, 1, generator=g))
+        noise = torch.randn(items.shape[1], generator=g, dtype=torch.float64)
+        out.append((a.sqrt() * items[n] + (1 - a).sqrt() * noise) * to_scheduler)
+    latents = torch.stack(out).view(len(seeds), 4, h, w)
+    return (latents / float(scheduler.init_noise_sigma)).float()
+
+
+@dataclass(eq=False)  # jobs are told apart by identity
+class _Job:
+    """One (axis value, scale): its request and the final latents of its seeds as chunks finish."""
+
+    axis_value: Any
+    request: GenerationRequest
+    scale: float
+    n_seeds: int
+    # first seed of a chunk -> its final latents and last clean estimate, (k, 4, h, w) each
+    latents: dict[int, tuple[Tensor, Tensor]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return sum(len(v[0]) for v in self.latents.values()) == self.n_seeds
+
+
+def _batch_images(pipe, request: GenerationRequest) -> int:
+    """Images per `denoise_batch` call. The toy's exact denoiser holds a few float64 (rows, D) tensors per
+    step, so its batch follows the latent size; a real UNet's is small (MicroBatcher splits it further), and
+    a small batch streams results sooner while costing the GPU nothing."""
+    if not is_toy(pipe):
+        return MODEL_BATCH_IMAGES
+    d = 4 * (request.height // pipe.vae_scale_factor) * (request.width // pipe.vae_scale_factor)
+    return max(MAX_SEEDS, min(TOY_MAX_BATCH_IMAGES, TOY_BATCH_BYTES // (d * 8 * TOY_TENSORS_PER_ROW)))
+
+
+def _batches(jobs: list[_Job], seeds: range, size: int) -> list[list[tuple[_Job, tuple[int, ...]]]]:
+    """(job, chunk of at most 16 seeds) lanes in (job, seed) order, grouped into batches of at most `size`
+    images whose jobs share a sampler (what `denoise_batch` needs): a job finishes as early as it can."""
+    chunks = [tuple(seeds[i : i + MAX_SEEDS]) for i in range(0, len(seeds), MAX_SEEDS)]
+    batches: list[list[tuple[_Job, tuple[int, ...]]]] = []
+    count, key = 0, None
+    for job in jobs:
+        job_key = (job.request.scheduler, job.request.eta)
+        for chunk in chunks:
+            if not batches or count + len(chunk) > size or job_key != key:
+                batches.append([])
+                count, key = 0, job_key
+            batches[-1].append((job, chunk))
+            count += len(chunk)
+    return batches
+
+
+def _check_for_model(pipe, settings: LabSettings) -> None:
+    if is_toy(pipe):
+        return
+    if settings.n_seeds > MODEL_MAX_SEEDS:
+        raise RequestError("n_seeds", f"must be an integer from 1 to {MODEL_MAX_SEEDS} on this model (up to "
+                                      f"{TOY_MAX_SEEDS} in the toy world), got {settings.n_seeds}")
+    if settings.exact_start:
+        raise RequestError("exact_start", "only in the toy world, whose data distribution is known")
+    if settings.axis == "prompt_adherence" or settings.request.prompt_adherence is not None:
+        raise RequestError("prompt_adherence", "only the toy world's model has it; leave it unset for this model")
+
+
+def measure(pipe, request: GenerationRequest, scales: Sequence[float], n_seeds: int, *,
+            batch_images: int | None = None, **options: Any) -> Iterator[ScaleResult]:
+    """Yield one result per (axis value, scale) as it finishes; `options` are LabSettings' other fields
+    (first_seed, axis, axis_values, exact_start). The 16-seed limit of a request does not apply here."""
+    return run_lab(pipe, LabSettings(request, tuple(scales), n_seeds, **options), batch_images=batch_images)
+
+
+def run_lab(pipe, settings: LabSettings, *, batch_images: int | None = None) -> Iterator[ScaleResult]:
+    """`measure`, from a LabSettings. `batch_images` forces the images per batch (tests; default: by memory).
+
+    Each seed runs with its own generator inside 16-seed requests through `denoise_batch`, so its sample is
+    the one `generate` gives for that seed and request. `seconds` is the wall time since the previous result.
+    """
+    _check_for_model(pipe, settings)
+    jobs = [_Job(value, request, float(scale), settings.n_seeds)
+            for value, request in settings.requests() for scale in settings.scales]
+    seeds = range(settings.first_seed, settings.first_seed + settings.n_seeds)
+    size = batch_images or _batch_images(pipe, settings.request)
+    done, clock = 0, time.perf_counter()
+    for batch in _batches(jobs, seeds, size):
+        for (job, chunk), finals in zip(batch, _run_batch(pipe, batch, settings.exact_start)):
+            job.latents[chunk[0]] = finals
+        for job in dict.fromkeys(job for job, _ in batch):
+            if job.finished:
+                done += 1
+                result = _result(pipe, job, done, len(jobs), time.perf_counter() - clock)
+                clock = time.perf_counter()
+                job.latents.clear()
+                yield result
+
+
+def _run_batch(pipe, batch: list[tuple[_Job, tuple[int, ...]]], exact_start: bool) -> list[tuple[Tensor, Tensor]]:
+    """Each lane's final latents and last clean estimate, (k, 4, h, w) each, from one `denoise_batch` run."""
+    requests = []
+    for job, chunk in batch:
+        start = exact_start_latents(pipe, job.request, chunk) if exact_start else job.request.init_latents
+        requests.append(dataclasses.replace(job.request, seeds=chunk, guidance_scale=job.scale, init_latents=start))
+    finals = None
+    for finals in denoise_batch(pipe, requests):
+        pass
+    return [(event.latents, event.pred_x0) for event in finals]
+
+
+def _result(pipe, job: _Job, done: int, total: int, seconds: float) -> ScaleResult:
+    chunks = [job.latents[k] for k in sorted(job.latents)]
+    latents = torch.cat([c[0] for c in chunks])  # (n, 4, h, w), seed order
+    clean = torch.cat([c[1] for c in chunks])
+    thumbnails = tuple(image.resize(_thumbnail_size(image.size), Image.Resampling.BILINEAR)
+                       for image in final_images(pipe, latents[:MAX_THUMBNAILS]))
+    toy_world = is_toy(pipe)
+    return ScaleResult(
+        scale=job.scale, axis_value=job.axis_value, done=done, total=total, n_seeds=job.n_seeds,
+        thumbnails=thumbnails, exact=exact_stats(pipe, job.request, job.scale, latents, clean) if toy_world else None,
+        proxies=None if toy_world else proxies(latents), seconds=seconds,
+    )
+
+
+def _thumbnail_size(size: tuple[int, int]) -> tuple[int, int]:
+    w, h = size
+    k = THUMBNAIL_SIZE / max(w, h)
+    return max(1, round(w * k)), max(1, round(h * k))
 
 
 def curves(results: Sequence[ScaleResult]) -> dict[str, dict[Any, list[tuple[float, float]]]]:
     """metric -> axis value -> [(scale, value), ...] sorted by scale: the exact metrics (toy) or the proxies."""
-    raise NotImplementedError
+    out: dict[str, dict[Any, list[tuple[float, float]]]] = {}
+    for result in results:
+        values = result.exact.metrics if result.exact is not None else (result.proxies or {})
+        for name, value in values.items():
+            out.setdefault(name, {}).setdefault(result.axis_value, []).append((result.scale, value))
+    for by_value in out.values():
+        for points in by_value.values():
+            points.sort()
+    return out
 
 
 @dataclass(frozen=True)
 class LabPreset:
-    """presets/lab/*.toml, loaded and validated like presets/*.toml (an unknown key is an error)."""
+    """presets/lab/*.toml, loaded and validated like presets/*.toml (an unknown key is an error).
+
+    A file reads:
+
+        name = "Why guidance"
+        description = "What the learner will see, measured on these seeds (tests/unit/test_distribution.py)."
+
+        [request]          # GenerationRequest fields (its seeds and guidance_scale are the lab's)
+        prompt = "blue square"
+        steps = 20
+
+        [lab]              # LabSettings' other fields
+        scales = [1, 3, 7.5]
+        n_seeds = 256
+
+    The presets are toy-world experiments: their claims are exact there, and they set its prompt_adherence.
+    """
 
     name: str
     description: str  # what the learner will see, MEASURED on its own seeds (tests/unit/test_distribution.py)
     settings: LabSettings
+    path: Path | None = None
 
 
-def load_lab_presets(folder=None) -> list[LabPreset]:
-    raise NotImplementedError
+LAB_PRESETS_DIR = PRESETS_DIR / "lab"
+LAB_PRESET_KEYS: tuple[str, ...] = ("name", "description", "request", "lab")
+LAB_KEYS: tuple[str, ...] = ("scales", "n_seeds", "first_seed", "axis", "axis_values", "exact_start")
+
+
+def load_lab_preset(path: str | os.PathLike[str]) -> LabPreset:
+    """Read and validate one lab preset; raises `PresetError` naming the file and the field."""
+    path = Path(path)
+    data = _parse_toml(path)
+    unknown = sorted(set(data) - set(LAB_PRESET_KEYS))
+    if unknown:
+        raise PresetError(path, unknown[0], f"unknown key; a lab preset has {', '.join(LAB_PRESET_KEYS)}")
+    for key in LAB_PRESET_KEYS:
+        if key not in data:
+            raise PresetError(path, key, "is required")
+    for key in ("request", "lab"):
+        if not isinstance(data[key], dict):
+            raise PresetError(path, key, f"must be a table ([{key}])")
+    unknown = sorted(set(data["lab"]) - set(LAB_KEYS))
+    if unknown:
+        raise PresetError(path, f"lab.{unknown[0]}", f"unknown key; [lab] has {', '.join(LAB_KEYS)}")
+    for key in ("scales", "n_seeds"):
+        if key not in data["lab"]:
+            raise PresetError(path, f"lab.{key}", "is required")
+    try:
+        request = GenerationRequest.from_dict(data["request"])
+    except RequestError as error:
+        raise PresetError(path, f"request.{error.field}", error.detail) from None
+    try:
+        settings = LabSettings(request, **data["lab"])
+    except RequestError as error:
+        raise PresetError(path, f"lab.{error.field}", error.detail) from None
+    return LabPreset(_check_text(path, data, "name"), _check_text(path, data, "description"), settings, path)
+
+
+def load_lab_presets(folder: str | os.PathLike[str] = LAB_PRESETS_DIR) -> list[LabPreset]:
+    """Every `*.toml` lab preset in `folder`, sorted by file name; one bad file fails the whole load."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"lab preset folder {folder} does not exist")
+    presets = [load_lab_preset(path) for path in sorted(folder.glob("*.toml"), key=lambda p: p.name)]
+    names = [preset.name for preset in presets]
+    for preset in presets:
+        if names.count(preset.name) > 1:
+            raise PresetError(preset.path, "name", f"{preset.name!r} names more than one lab preset")
+    return presets
