@@ -195,7 +195,7 @@ STATUS, FIGURES, NOTE, NUMBERS, PRECISION, ENTROPY, TV, SAMPLES, RUN_ID = range(
 
 
 @pytest.fixture(scope="module")
-def toy_client(toy_pipe, tmp_path_factory):
+def toy_server(toy_pipe, tmp_path_factory):
     from gradio_client import Client
 
     from tests.ui.conftest import free_port
@@ -206,9 +206,14 @@ def toy_client(toy_pipe, tmp_path_factory):
     demo.queue(default_concurrency_limit=1)
     demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     try:
-        yield Client(demo.local_url, download_files=False, verbose=False)
+        yield Client(demo.local_url, download_files=False, verbose=False), handlers
     finally:
         demo.close()
+
+
+@pytest.fixture
+def toy_client(toy_server):
+    return toy_server[0]
 
 
 def gallery(value) -> list:
@@ -263,17 +268,39 @@ def test_describe_axis_fills_an_example(toy_client):
     assert update["value"] == "0-1, 0-0.4, 0.4-1" and "start-stop pair" in update["info"]
 
 
-def test_stop_ends_the_run_and_says_where(toy_client):
-    job = toy_client.submit(**{**API, "scales": "1, 2, 3, 4, 5, 6, 7, 8"}, api_name="/run_lab")
-    run_id = None
+def test_stop_ends_the_run_after_the_result_in_hand_and_says_where(toy_server, monkeypatch):
+    """The library is held after its first result until the server has the Stop (no timing): the tab has
+    already asked for the second, so the run ends after 2 of 8 and says so."""
+    import threading
+
+    import ui.distribution_tab
+
+    client, handlers = toy_server
+    stop_received, real_stop, real_run_lab = threading.Event(), handlers.jobs.stop, ui.distribution_tab.run_lab
+
+    def stop(run_id):
+        found = real_stop(run_id)
+        stop_received.set()
+        return found
+
+    def held_run_lab(pipe, settings):
+        for k, result in enumerate(real_run_lab(pipe, settings)):
+            yield result
+            if k == 0:
+                assert stop_received.wait(60), "no Stop arrived"
+
+    monkeypatch.setattr(handlers.jobs, "stop", stop)
+    monkeypatch.setattr(ui.distribution_tab, "run_lab", held_run_lab)
+    job = client.submit(**{**API, "scales": "1, 2, 3, 4, 5, 6, 7, 8"}, api_name="/run_lab")
+    statuses, run_id = [], None
     for update in job:
-        run_id = run_id or update[RUN_ID]
-        if "scale 1 of 8" in status_text(update):
-            toy_client.predict(run_id, api_name="/stop_lab")
-    last = status_text(update)
-    assert job.exception() is None and last.startswith("Stopped after"), last
-    done = int(re.match(r"Stopped after (\d+) of 8", last).group(1))
-    assert 1 <= done < 8
+        run_id = run_id or update[RUN_ID]  # the stream's first update carries it
+        statuses.append(status_text(update))
+        if "scale 1 of 8" in statuses[-1]:
+            client.predict(run_id, api_name="/stop_lab")
+    assert job.exception() is None, job.exception()
+    assert statuses[-1] == "Stopped after 2 of 8. The finished results are kept below.", statuses
+    assert len(handlers.jobs) == 0  # the run is over, not running on unseen
 
 
 # --- the API on the tiny model: no exact target -------------------------------------------------------------
@@ -313,3 +340,18 @@ def test_a_preset_sets_every_input_and_keeps_its_note(toy_pipe):
     assert lab.settings(**{k: v for k, v in values.items()}) == settings
     with pytest.raises(gr.Error, match="Lab preset: must be one of Why guidance"):
         lab.load_preset("nonsense")
+
+
+def test_every_lab_preset_fits_the_tabs_inputs(toy_pipe):
+    """A preset that set something the tab has no input for would lose it on the page: each one's settings
+    must come back whole from the inputs it fills."""
+    from pipeline.distribution import load_lab_presets
+    from ui import Handlers
+    from ui.distribution_tab import INPUTS
+
+    presets = load_lab_presets()
+    assert len(presets) >= 5
+    lab = Distributions(Handlers(toy_pipe, model_name="toy"), presets=presets)
+    for preset in presets:
+        values = dict(zip(INPUTS, lab.load_preset(preset.name)))
+        assert lab.settings(**values) == preset.settings, preset.name
