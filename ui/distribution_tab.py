@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +38,7 @@ from . import distribution_render as draw
 from .controls import TAB_CONTROLS
 from .fields import FieldCheckbox, FieldDropdown, FieldSlider, FieldTextbox
 from .handlers import gpu, gpu_seconds, gr_error
+from .streaming import in_background
 
 TOY_MIN_SEEDS = 64  # below this the noise band is wider than most effects the presets show
 TOY_SIZE = 128  # px: the toy's items are as far apart at 128 px as at 1024, and 16x cheaper
@@ -209,31 +211,39 @@ class Distributions:
                         note=self._note(None))
         results: list[ScaleResult] = []
         pictures = Pictures(self.handlers.output_dir / f"lab-{uuid.uuid4().hex[:12]}", axis_label, self.toy)
-        events = run_lab(self.handlers.pipe, settings)
+        start = time.perf_counter()
         try:
-            for result in events:
+            for result in in_background(lambda: run_lab(self.handlers.pipe, settings), stop):
+                if result is None:  # still measuring: say for how long, so a long scale is not mistaken for a hang
+                    yield self._out(status=progress_html(len(results), total, self._waiting(
+                        results, total, settings, time.perf_counter() - start)))
+                    continue
                 results.append(result)
                 pictures.add(result)
-                yield self._update(results, pictures, settings, axis_label)
-                if stop.is_set():
-                    break
+                yield self._update(results, pictures, settings, axis_label, time.perf_counter() - start)
         except Exception as exc:
             raise gr_error(exc, FIELD_LABELS) from exc
-        finally:
-            events.close()  # a Stop, a client's cancel or a closed tab: no further UNet call
         if len(results) < total:
             kept = " The finished results are kept below." if results else ""
             yield self._out(status=progress_html(len(results), total, f"<b>Stopped</b> after {len(results)} of "
                                                  f"{total}.{kept}"))
 
-    def _update(self, results: list[ScaleResult], pictures: Pictures, settings: LabSettings,
-                axis_label: str) -> tuple:
+    @staticmethod
+    def _waiting(results: list[ScaleResult], total: int, settings: LabSettings, seconds: float) -> str:
+        where = "scale" if settings.axis is None else "result"
+        return (f"<b>Measuring:</b> {where} {len(results) + 1} of {total}, {settings.n_seeds} seeds · "
+                f"{seconds:.0f} s so far")
+
+    def _update(self, results: list[ScaleResult], pictures: Pictures, settings: LabSettings, axis_label: str,
+                seconds: float) -> tuple:
         last = results[-1]
         where = "scale" if settings.axis is None else "result"
         name = draw.result_name(last, axis_label)
         head = "Done" if last.done == last.total else "Measuring"
-        line = (f"<b>{head}:</b> {where} {last.done} of {last.total} ({html.escape(name)}): {last.n_seeds} seeds "
-                f"in {last.seconds:.1f} s")
+        # the time so far, not the library's time since the previous result: scales measured in one batch
+        # finish together, and "0.0 s" for the second would mislead
+        line = (f"<b>{head}:</b> {where} {last.done} of {last.total} ({html.escape(name)}): {last.n_seeds} seeds, "
+                f"{seconds:.1f} s so far")
         plots = self._curves(results, settings, axis_label)
         samples = list(pictures.samples) if self.toy else gr.skip()
         return self._out(status=progress_html(last.done, last.total, line),
