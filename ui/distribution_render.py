@@ -280,7 +280,7 @@ def table(results: Sequence[ScaleResult], axis_label: str = "") -> pd.DataFrame:
     """One row per result: the exact numbers (toy) or the proxies (real models), in the order they came."""
     rows = []
     for r in results:
-        row = {"result": result_name(r, axis_label), "seeds": r.n_seeds, "seconds": round(r.seconds, 2)}
+        row = {"result": result_name(r, axis_label), "seeds": r.n_seeds}
         if r.exact is not None:
             row.update({column: round(float(r.exact.metrics[key]), 4) for key, column in METRIC_COLUMNS.items()
                         if key in r.exact.metrics})

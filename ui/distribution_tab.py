@@ -36,7 +36,7 @@ from pipeline.models import is_toy
 
 from . import distribution_render as draw
 from .controls import TAB_CONTROLS
-from .fields import FieldCheckbox, FieldDropdown, FieldSlider, FieldTextbox
+from .fields import FieldCheckbox, FieldDropdown, FieldRadio, FieldSlider, FieldTextbox
 from .handlers import gpu, gpu_seconds, gr_error
 from .streaming import in_background
 
@@ -61,7 +61,7 @@ AXIS_HINTS = {  # example values, and what the values may be
 }
 INPUTS = ("prompt", "prompt_2", "n_seeds", "scales", "mode", "scheduler", "eta", "steps", "size", "adherence",
           "axis", "axis_values", "exact_start")
-OUTPUTS = ("status", "figures", "note", "numbers", "precision", "entropy", "tv", "samples", "run_id")
+OUTPUTS = ("status", "figure", "shown", "figure_paths", "note", "numbers", "precision", "entropy", "tv", "samples", "run_id")
 FIELD_LABELS = {  # library field -> this tab's label
     "prompt": "Lab prompt", "prompt_2": "Lab prompt 2", "mode": "Lab guidance mode",
     "scheduler": "Lab scheduler", "eta": "Lab eta", "steps": "Lab steps", "width": "Lab size",
@@ -136,16 +136,17 @@ class Pictures:
 
     def __init__(self, folder: Path, axis_label: str, toy: bool) -> None:
         self.folder, self.axis_label, self.toy = folder, axis_label, toy
-        self.figures: list[tuple[str, str]] = []  # (PNG path, caption): the toy's figure, a real model's mosaic
+        self.figures: dict[str, str] = {}  # result's name -> PNG path: the toy's figure, a real model's mosaic
         self.samples: list[tuple[str, str]] = []  # (JPEG path, caption): the toy's samples
 
     def add(self, result: ScaleResult) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         k, caption = len(self.figures), draw.caption(result, self.axis_label)
+        name = draw.result_name(result, self.axis_label)
         if result.exact is not None:
-            self.figures.append((self._save(draw.scale_figure(result, self.axis_label), f"figure-{k}.png"), caption))
+            self.figures[name] = self._save(draw.scale_figure(result, self.axis_label), f"figure-{k}.png")
         else:
-            self.figures.append((self._save(draw.mosaic(result), f"mosaic-{k}.png"), caption))
+            self.figures[name] = self._save(draw.mosaic(result), f"mosaic-{k}.png")
         if self.toy:
             self.samples.append((self._save(draw.mosaic(result), f"samples-{k}.jpg"), caption))
 
@@ -182,7 +183,8 @@ class Distributions:
     def run(self, prompt: str, prompt_2: str, n_seeds: int, scales: str, mode: str, scheduler: str, eta: float,
             steps: int, size: int, adherence: float | None = None, axis: str = NO_AXIS, axis_values: str = "",
             exact_start: bool = False, request: gr.Request = None) -> Iterator[tuple]:
-        """Stream (status, figures, note, numbers, three curves, samples, run id): one update per result."""
+        """Stream (status, figure, its chooser, the figures, note, numbers, three curves, samples, run id): one
+        update per result, the newest one's figure shown."""
         settings = self.settings(prompt, prompt_2, n_seeds, scales, mode, scheduler, eta, steps, size, adherence,
                                  axis, axis_values, exact_start)
         stop = threading.Event()
@@ -207,7 +209,7 @@ class Distributions:
         what = f"{total} {'scales' if total == len(settings.scales) else 'results'} × {settings.n_seeds} seeds"
         yield self._out(run_id=run_id, status=progress_html(0, total, f"<b>Starting:</b> {what}, "
                         f"{settings.request.steps} steps each, the same seeds at every scale."),
-                        figures=[], numbers=None, precision=None, entropy=None, tv=None, samples=[],
+                        figure=None, shown=gr.update(choices=[], value=None), figure_paths={}, numbers=None, precision=None, entropy=None, tv=None, samples=[],
                         note=self._note(None))
         results: list[ScaleResult] = []
         pictures = Pictures(self.handlers.output_dir / f"lab-{uuid.uuid4().hex[:12]}", axis_label, self.toy)
@@ -247,8 +249,17 @@ class Distributions:
         plots = self._curves(results, settings, axis_label)
         samples = list(pictures.samples) if self.toy else gr.skip()
         return self._out(status=progress_html(last.done, last.total, line),
-                         figures=gr.update(value=list(pictures.figures), selected_index=len(pictures.figures) - 1),
+                         figure=pictures.figures[name], figure_paths=dict(pictures.figures),
+                         shown=gr.update(choices=list(pictures.figures), value=name),
                          numbers=draw.table(results, axis_label), note=self._note(last), samples=samples, **plots)
+
+    @staticmethod
+    def show(name: str, paths: dict[str, str]) -> str:
+        """The figure of the finished result `name` (from this session's last run)."""
+        if name not in (paths or {}):
+            raise gr.Error(f"Show result: must be one of the finished results ({', '.join(paths or {}) or 'none yet'})"
+                           f", got {str(name)[:60]!r}", title="Invalid input")
+        return paths[name]
 
     def _curves(self, results, settings: LabSettings, axis_label: str) -> dict:
         metrics = () if self.toy else tuple(draw.PROXY_COLUMNS)
@@ -335,7 +346,7 @@ def build_distribution_tab(handlers, default_size: int = 1024) -> Distributions:
         with gr.Column(scale=2, min_width=320):
             preset = FieldDropdown([(name, name) for name in lab.presets], value=None, label="Lab preset",
                                    info="Settings that reproduce a published claim; the note says what you will "
-                                   "see, as measured.", visible=bool(lab.presets))
+                                   "see, as measured.", visible=bool(lab.presets), elem_id="lab-preset")
             preset_note = gr.Markdown("", elem_id="lab-preset-note")
             c["prompt"] = FieldTextbox(label="Lab prompt", value="blue square" if lab.toy else "a photo of a cat",
                                        lines=1)
@@ -344,7 +355,7 @@ def build_distribution_tab(handlers, default_size: int = 1024) -> Distributions:
             lo = TOY_MIN_SEEDS if lab.toy else 1
             c["n_seeds"] = _slider("lab_seeds", min(512, lab.max_seeds) if lab.toy else 16, lo, lab.max_seeds,
                                    step=1, info=f"From {lo} to {lab.max_seeds}: the same seeds (0, 1, ...) run at "
-                                   "every scale.")
+                                   "every scale.", elem_id="lab-seeds")
             c["scales"] = FieldTextbox(label="Lab scales", value="1, 3, 7.5" if lab.toy else "1, 5",
                                        info=f"Comma-separated guidance scales, at most {MAX_SCALES}; 1 is no "
                                        "guidance (conditional only).")
@@ -379,16 +390,22 @@ def build_distribution_tab(handlers, default_size: int = 1024) -> Distributions:
     run_btn.click(_wrapped(lab), inputs=inputs, outputs=[out[name] for name in OUTPUTS], api_name="run_lab",
                   concurrency_id="gpu")
     stop_btn.click(lab.stop, inputs=out["run_id"], api_name="stop_lab", queue=False)
+    out["shown"].input(lab.show, inputs=[out["shown"], out["figure_paths"]], outputs=out["figure"],
+                       api_name="show_lab_result", queue=False)
     return lab
 
 
 def _results(lab: Distributions) -> dict[str, Any]:
     out: dict[str, Any] = {}
     out["status"] = gr.HTML(progress_html(0, 1, "Press <b>Run lab</b>."), label="Lab status", elem_id="lab-status")
-    out["figures"] = gr.Gallery(
-        label="Marginals and the 96 items, per scale" if lab.toy else "Samples per scale", preview=True,
-        columns=6, format="png", object_fit="contain", height="auto", buttons=["download", "fullscreen"],
-        elem_id="lab-figures")
+    # One figure at a time, full width, and a chooser to flip between scales: the same layout at every scale
+    # makes the change from one to the next jump out (a gallery's preview shrank it to a third of the column).
+    out["shown"] = FieldRadio([], label="Show result", elem_id="lab-shown",
+                              info="Flip between the finished scales; the newest is shown as it arrives.")
+    out["figure"] = gr.Image(label="Marginals and the 96 items" if lab.toy else "Samples (mosaic)",
+                             type="filepath", format="png", interactive=False, buttons=["download", "fullscreen"],
+                             show_label=False, elem_id="lab-figure")  # its own title says which; a label would cover it
+    out["figure_paths"] = gr.State({})  # result's name -> its figure's file, for "Show result"
     out["note"] = gr.Markdown("" if lab.toy else NO_TARGET, elem_id="lab-note")
     out["numbers"] = gr.Dataframe(label="Lab numbers" if lab.toy else "Lab numbers (proxies)", interactive=False,
                                   elem_id="lab-numbers")
@@ -405,7 +422,7 @@ def _results(lab: Distributions) -> dict[str, Any]:
             out[slot] = gr.LinePlot(label=label, y_title=y_title, elem_id=f"lab-{slot}", min_width=300, **plot)
     for slot in ("precision", "entropy", "tv"):
         out.setdefault(slot, gr.LinePlot(visible=False, **plot))
-    out["samples"] = gr.Gallery(label="Samples per scale (first 64 seeds)", columns=6, format="jpeg",
+    out["samples"] = gr.Gallery(label="Samples per scale (first 64 seeds)", columns=3, format="jpeg",
                                 object_fit="contain", height="auto", visible=lab.toy, elem_id="lab-samples")
     out["run_id"] = gr.Textbox(label="Lab run id", visible=False)
     return out

@@ -46,6 +46,8 @@ CSS = """
 /* The final PNGs are for downloading: a plain box, not the dashed drop zone of an upload. */
 #downloads, #downloads * { border-style: solid !important; }
 #downloads .wrap { min-height: 0; }
+/* Distribution tab: the samples gallery as tall as its mosaics (Gradio fixes an auto-height gallery at >= 450 px). */
+#lab-samples .grid-wrap { min-height: 0 !important; max-height: none !important; }
 #title h2 { margin: 0 0 4px 0; }
 #title p { margin: 0; }
 """

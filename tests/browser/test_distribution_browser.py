@@ -94,14 +94,17 @@ def test_the_tab_streams_a_histogram_per_scale_and_draws_the_curves(toy_app, bro
         seen = [next((i for i, text in enumerate(log) if f"scale {k} of 3" in text), None) for k in (1, 2, 3)]
         assert None not in seen and seen == sorted(seen), log
         assert any(f"Starting" in text for text in log[: seen[0] + 1])
-        # one figure per scale, the newest one shown large; its picture is the marginals over the histogram
-        thumbs = page.locator("#lab-figures .thumbnails .thumbnail-item")  # the strip under the large view
-        assert thumbs.count() == 3 and "selected" in (thumbs.nth(2).get_attribute("class") or "")
-        shown = page.locator("#lab-figures .preview img").first
-        shown.wait_for()
-        figure = Image.open(io.BytesIO(shown.screenshot())).convert("RGB")
-        assert figure.width > 500 and np.asarray(figure).std() > 20  # drawn, not blank
-        assert "s = 7.5" in page.locator("#lab-figures").inner_text()
+        # one figure per scale to flip between, the newest shown: the marginals over the histogram, full width
+        shown = page.locator("#lab-shown")
+        assert shown.locator("input[type=radio]").count() == 3
+        assert shown.get_by_label("s = 7.5", exact=True).is_checked()
+        picture = page.locator("#lab-figure img")
+        figure = Image.open(io.BytesIO(picture.screenshot())).convert("RGB")
+        assert figure.width > 600 and np.asarray(figure).std() > 20, figure.size  # drawn, not blank; not shrunk
+        newest = picture.get_attribute("src")
+        shown.get_by_label("s = 1", exact=True).check()
+        page.wait_for_function("(old) => document.querySelector('#lab-figure img')?.getAttribute('src') !== old",
+                               arg=newest)
         # the numbers, and the three curves, each with a drawn line
         assert page.locator("#lab-numbers").get_by_text("s = 7.5", exact=True).count() >= 1
         for plot in ("lab-precision", "lab-entropy", "lab-tv"):
@@ -112,10 +115,18 @@ def test_the_tab_streams_a_histogram_per_scale_and_draws_the_curves(toy_app, bro
         page.close()
 
 
-def test_the_tab_at_phone_width(toy_app, browser):
+def test_a_preset_at_phone_width(toy_app, browser):
+    """A lab preset fills the inputs and keeps its note on the page; the run fits the phone's width."""
     page = open_lab(browser, toy_app, PHONE)
     try:
-        run_lab(page, seeds=128, steps=10)
+        preset = page.locator("#lab-preset input")
+        preset.click()
+        page.get_by_role("option", name="Why guidance", exact=True).click()
+        page.wait_for_function("() => /Why guidance\\./.test(document.querySelector('#lab-preset-note').innerText)")
+        assert "256" == page.locator("#lab-seeds input[type=number]").input_value()
+        page.get_by_role("button", name="Run lab", exact=True).click()
+        page.wait_for_function("() => /Done: scale 3 of 3/.test(document.querySelector('#lab-status').innerText)",
+                               polling=100)
         page.wait_for_function(PLOT_HAS_LINE, arg="lab-precision")
         width = page.evaluate("() => document.documentElement.scrollWidth")
         assert width <= PHONE["width"] + 1, f"the page scrolls sideways: {width} px"

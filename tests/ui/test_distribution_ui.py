@@ -191,7 +191,9 @@ def test_axis_text_reads_back():
 
 API = dict(prompt="blue square", prompt_2="", n_seeds=64, scales="1, 3, 7.5", mode="cfg", scheduler="euler",
            eta=0.0, steps=4, size=64, adherence=0.5, axis="none", axis_values="", exact_start=False)
-STATUS, FIGURES, NOTE, NUMBERS, PRECISION, ENTROPY, TV, SAMPLES, RUN_ID = range(9)
+# gradio_client leaves State outputs out: an update is (status, figure, "Show result", note, numbers, three curves,
+# samples, run id)
+STATUS, FIGURE, SHOWN, NOTE, NUMBERS, PRECISION, ENTROPY, TV, SAMPLES, RUN_ID = range(10)
 
 
 @pytest.fixture(scope="module")
@@ -240,13 +242,15 @@ def test_a_run_streams_one_result_per_scale(toy_client):
         assert re.fullmatch(rf"(Measuring|Done): scale {k} of 3 \(s = [\d.]+\): 64 seeds, [\d.]+ s so far",
                             status_text(update))
         assert f'value="{k}" max="3"' in update[STATUS]  # the progress bar
-        figures = gallery(update[FIGURES])
-        assert update[FIGURES]["selected_index"] == k - 1  # the newest result is the one shown
-        assert len(figures) == k and figures[-1]["image"]["path"].endswith(".png")
+        assert update[FIGURE]["path"].endswith(".png")  # the newest result's figure is the one shown
+        assert len(update[SHOWN]["choices"]) == k and update[SHOWN]["value"] == update[SHOWN]["choices"][-1][0]
         assert len(update[NUMBERS]["data"]) == k
+        assert len(gallery(update[SAMPLES])) == k
     assert statuses[-1].startswith("Done: scale 3 of 3 (s = 7.5)")
-    captions = [f["caption"] for f in gallery(results[-1][FIGURES])]
-    assert [c.split(":")[0] for c in captions] == ["s = 1", "s = 3", "s = 7.5"]
+    assert [c[0] for c in results[-1][SHOWN]["choices"]] == ["s = 1", "s = 3", "s = 7.5"]
+    # "Show result" brings back an earlier scale's figure, in the same session
+    first = toy_client.predict("s = 1", api_name="/show_lab_result")
+    assert first["path"].endswith(".png") and Image.open(first["path"]).size == Image.open(results[-1][FIGURE]["path"]).size
     assert "noise band" in results[-1][NOTE]
     precision = results[-1][PRECISION]["data"]
     assert [row[0] for row in precision] == [1.0, 3.0, 7.5] and all(row[1] is not None for row in precision)
@@ -318,7 +322,7 @@ def test_a_real_model_has_no_target_and_shows_mosaics_and_proxies(client):
     assert job.exception() is None, job.exception()
     last = updates[-1]
     assert "No exact target on this model" in last[NOTE] and "proxies" in last[NOTE]
-    assert len(gallery(last[FIGURES])) == 2
+    assert [c[0] for c in last[SHOWN]["choices"]] == ["s = 1", "s = 4"] and last[FIGURE]["path"].endswith(".png")
     columns = last[NUMBERS]["headers"]
     assert any(c.startswith("proxy: ") for c in columns) and "precision" not in columns
 
@@ -360,3 +364,21 @@ def test_every_lab_preset_fits_the_tabs_inputs(toy_pipe):
     for preset in presets:
         values = dict(zip(INPUTS, lab.load_preset(preset.name)))
         assert lab.settings(**values) == preset.settings, preset.name
+
+
+def test_in_background_yields_items_ticks_while_waiting_and_raises_the_workers_error():
+    import threading
+    import time
+
+    from ui.streaming import in_background
+
+    def events():
+        yield "first"
+        time.sleep(0.35)
+        raise ValueError("the library's own error")
+
+    seen = []
+    with pytest.raises(ValueError, match="the library's own error"):
+        for item in in_background(events, threading.Event(), tick=0.1):
+            seen.append(item)
+    assert seen[0] == "first" and seen[1:] and set(seen[1:]) == {None}  # ticks while the worker was busy
