@@ -162,7 +162,10 @@ class Distributions:
     def __init__(self, handlers, presets: list[LabPreset] | None = None) -> None:
         self.handlers = handlers
         self.toy = is_toy(handlers.pipe)
-        self.presets = {p.name: p for p in (presets if presets is not None else load_lab_presets())}
+        # The presets' notes state what the toy world measures: on a real model they would promise what it
+        # does not show, so they are the toy's only.
+        found = presets if presets is not None else (load_lab_presets() if self.toy else [])
+        self.presets = {p.name: p for p in found}
         self.max_seeds = TOY_MAX_SEEDS if self.toy else MODEL_MAX_SEEDS
 
     def settings(self, prompt: str, prompt_2: str, n_seeds: int, scales: str, mode: str, scheduler: str,

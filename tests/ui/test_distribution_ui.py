@@ -382,3 +382,27 @@ def test_in_background_yields_items_ticks_while_waiting_and_raises_the_workers_e
         for item in in_background(events, threading.Event(), tick=0.1):
             seen.append(item)
     assert seen[0] == "first" and seen[1:] and set(seen[1:]) == {None}  # ticks while the worker was busy
+
+
+def test_an_other_axis_gives_one_curve_per_value(toy_client):
+    job = toy_client.submit(**{**API, "scales": "1, 3", "axis": "prompt_adherence", "axis_values": "0.3, 1"},
+                            api_name="/run_lab")
+    updates = list(job)
+    assert job.exception() is None, job.exception()
+    results = [u for u in updates[1:] if "(s = " in status_text(u)]
+    assert [re.search(r"result (\d) of 4", status_text(u)).group(1) for u in results] == ["1", "2", "3", "4"]
+    assert [c[0] for c in results[-1][SHOWN]["choices"]] == [
+        "s = 1 · Prompt adherence 0.3", "s = 3 · Prompt adherence 0.3", "s = 1 · Prompt adherence 1",
+        "s = 3 · Prompt adherence 1"]
+    series = {row[2] for row in results[-1][PRECISION]["data"]}
+    assert series == {"Prompt adherence 0.3", "Prompt adherence 1"}
+    # at adherence 1 the toy is the data's own conditional: every sample follows the prompt, at any scale
+    precision = {(row[2], row[0]): row[1] for row in results[-1][PRECISION]["data"]}
+    assert precision[("Prompt adherence 1", 1.0)] == 1.0
+
+
+def test_a_real_model_takes_at_most_its_own_number_of_seeds(client):
+    job = client.submit(prompt="an otter", prompt_2="", n_seeds=65, scales="1, 4", mode="cfg", scheduler="euler",
+                        eta=0.0, steps=2, size=64, axis="none", axis_values="", api_name="/run_lab")
+    list(job)
+    assert "Lab seeds: must be from 1 to 64" in str(job.exception())
