@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.distribution import ATTRIBUTES, ScaleResult, marginal
+from pipeline.distribution import ScaleResult, marginal
 from pipeline.models.toy import COLOURS, ITEMS, VOCABULARY
 
 # Each target's look, the same in every panel and in the legend: (label, colour, dashed).
@@ -51,7 +51,6 @@ PROXY_COLUMNS = {  # ScaleResult.proxies key -> the table's column: proxies, and
     "pairwise_latent_distance": "proxy: mean pairwise latent distance", "vendi": "proxy: Vendi score",
     "ms_ssim": "proxy: mean pairwise MS-SSIM",
 }
-CURVES = ("precision", "entropy", "tv")  # the toy's three plots
 TV_SERIES = {"tv_data": "to data", "tv_model": "to model", "tv_tilted": "to tilted", "noise_band": "noise band"}
 
 
@@ -202,7 +201,8 @@ def items_histogram(result: ScaleResult, height: int = 260) -> Image.Image:
         if position % 8 == 0:  # under each shape group (small, then big), its glyph
             _glyph(draw, item.shape, x + 4 * BAR_WIDTH - 1, bottom + 12, 6, colour)
         if position % 24 == 0:
-            draw.text((x + 12 * BAR_WIDTH + SHAPE_GAP, bottom + 26), item.colour, fill="black", font=_font(), anchor="mt")
+            draw.text((x + 12 * BAR_WIDTH + SHAPE_GAP, bottom + 26), item.colour, fill="black", font=_font(),
+                      anchor="mt")
     return image
 
 

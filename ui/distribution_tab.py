@@ -3,8 +3,10 @@
 The measuring is `pipeline.distribution.run_lab`, one `ScaleResult` per scale (per value of an optional other
 axis) as it finishes; this module reads the inputs strictly, streams the results and draws them
 (`distribution_render`). In the toy world every number is exact against the known data; on a real model no
-target exists, and the page says so and shows proxies. Stop works as on the other tabs: a per-run flag
-checked between results, and the run's own stream says where it stopped.
+target exists, and the page says so and shows proxies. The library runs on a worker thread
+(`ui.streaming.in_background`), so the status can say every second that a long scale is still running. Stop
+works as on the other tabs, by run id: nothing more is shown, the worker ends after the result in hand, and the
+run's own stream says where it stopped.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ AXIS_HINTS = {  # example values, and what the values may be
 }
 INPUTS = ("prompt", "prompt_2", "n_seeds", "scales", "mode", "scheduler", "eta", "steps", "size", "adherence",
           "axis", "axis_values", "exact_start")
-OUTPUTS = ("status", "figure", "shown", "figure_paths", "note", "numbers", "precision", "entropy", "tv", "samples", "run_id")
+OUTPUTS = ("status", "figure", "shown", "figure_paths", "note", "numbers", "precision", "entropy", "tv", "samples",
+           "run_id")
 FIELD_LABELS = {  # library field -> this tab's label
     "prompt": "Lab prompt", "prompt_2": "Lab prompt 2", "mode": "Lab guidance mode",
     "scheduler": "Lab scheduler", "eta": "Lab eta", "steps": "Lab steps", "width": "Lab size",
@@ -209,10 +212,11 @@ class Distributions:
     def _stream(self, settings: LabSettings, stop: threading.Event, run_id: str = "") -> Iterator[tuple]:
         total = len(settings.scales) * max(1, len(settings.axis_values))
         axis_label = AXIS_LABELS.get(settings.axis, "")
-        what = f"{total} {'scales' if total == len(settings.scales) else 'results'} × {settings.n_seeds} seeds"
+        what = f"{total} {'scales' if settings.axis is None else 'results'} × {settings.n_seeds} seeds"
         yield self._out(run_id=run_id, status=progress_html(0, total, f"<b>Starting:</b> {what}, "
                         f"{settings.request.steps} steps each, the same seeds at every scale."),
-                        figure=None, shown=gr.update(choices=[], value=None), figure_paths={}, numbers=None, precision=None, entropy=None, tv=None, samples=[],
+                        figure=None, shown=gr.update(choices=[], value=None), figure_paths={}, numbers=None,
+                        precision=None, entropy=None, tv=None, samples=[],
                         note=self._note(None))
         results: list[ScaleResult] = []
         pictures = Pictures(self.handlers.output_dir / f"lab-{uuid.uuid4().hex[:12]}", axis_label, self.toy)

@@ -53,7 +53,8 @@ def one_item(index: int, n: int = 64) -> np.ndarray:
 
 
 def test_histogram_draws_each_items_share_at_its_own_column():
-    big_blue_square = next(k for k, item in enumerate(toy.ITEMS) if item.words == ("big", "blue", "square", "top", "left"))
+    big_blue_square = next(k for k, item in enumerate(toy.ITEMS)
+                           if item.words == ("big", "blue", "square", "top", "left"))
     image = np.asarray(render.items_histogram(exact_result(one_item(big_blue_square))).convert("RGB"))
     bottom = image.shape[0] - render.HISTOGRAM_BELOW
     columns = render.item_columns()
@@ -250,7 +251,8 @@ def test_a_run_streams_one_result_per_scale(toy_client):
     assert [c[0] for c in results[-1][SHOWN]["choices"]] == ["s = 1", "s = 3", "s = 7.5"]
     # "Show result" brings back an earlier scale's figure, in the same session
     first = toy_client.predict("s = 1", api_name="/show_lab_result")
-    assert first["path"].endswith(".png") and Image.open(first["path"]).size == Image.open(results[-1][FIGURE]["path"]).size
+    assert first["path"].endswith(".png")
+    assert Image.open(first["path"]).size == Image.open(results[-1][FIGURE]["path"]).size
     assert "noise band" in results[-1][NOTE]
     precision = results[-1][PRECISION]["data"]
     assert [row[0] for row in precision] == [1.0, 3.0, 7.5] and all(row[1] is not None for row in precision)
