@@ -47,9 +47,9 @@ METRIC_COLUMNS = {  # ExactStats.metrics key -> the table's column
     "noise_band": "noise band (TV)", "entropy": "entropy (nats)", "effective_items": "effective items",
     "median_distance": "median distance", "off_data": "off the data",
 }
-PROXY_COLUMNS = {  # ScaleResult.proxies key -> the table's column: proxies, and said so
+PROXY_COLUMNS = {  # ScaleResult.proxies key -> the table's column: proxies, and said so (the library computes no
+    # MS-SSIM: nothing in requirements.txt does)
     "pairwise_latent_distance": "proxy: mean pairwise latent distance", "vendi": "proxy: Vendi score",
-    "ms_ssim": "proxy: mean pairwise MS-SSIM",
 }
 TV_SERIES = {"tv_data": "to data", "tv_model": "to model", "tv_tilted": "to tilted", "noise_band": "noise band"}
 
@@ -324,7 +324,7 @@ def curve_frames(results: Sequence[ScaleResult], scales: Sequence[float], axis_v
             measured[(key, r.axis_value, float(r.scale))] = float(number)
     plots = {}
     keys = {"precision": {"precision": ""}, "entropy": {"entropy": ""}, "tv": TV_SERIES} if not metrics else {
-        key: {key: ""} for key in metrics}
+        key: {key: PROXY_COLUMNS.get(key, key).removeprefix("proxy: ")} for key in metrics}
     for plot, members in keys.items():
         points = []
         for key, label in members.items():

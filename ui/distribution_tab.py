@@ -321,6 +321,10 @@ TOY_INTRO = ("In the toy world the data is 96 known items, so every number here 
              "model\" would give, which CFG does not sample (Bradley & Nakkiran 2024; Chidambaram et al. 2024).")
 
 
+MODEL_INTRO = ("**No exact target exists on this model**, so the tab shows the samples and diversity proxies "
+               "(below). The lab presets, and the exact measurements, are the toy world's (`--model toy`).")
+
+
 def _wrapped(lab: Distributions):
     """The run handler with one named parameter per input this page has (the API's names), and gr.Request."""
     if lab.toy:
@@ -347,7 +351,7 @@ def _slider(name: str, value, lo=None, hi=None, **kwargs) -> FieldSlider:
 
 def build_distribution_tab(handlers, default_size: int = 1024) -> Distributions:
     lab = Distributions(handlers)
-    gr.Markdown(INTRO + (TOY_INTRO if lab.toy else NO_TARGET), elem_id="lab-intro")
+    gr.Markdown(INTRO + (TOY_INTRO if lab.toy else MODEL_INTRO), elem_id="lab-intro")
     c: dict[str, Any] = {}
     with gr.Row(elem_id="lab"):
         with gr.Column(scale=2, min_width=320):
@@ -371,7 +375,7 @@ def build_distribution_tab(handlers, default_size: int = 1024) -> Distributions:
                 c["scheduler"] = FieldDropdown(list(SCHEDULERS), value="euler", label="Lab scheduler")
             with gr.Row():
                 c["eta"] = _slider("lab_eta", 0.0, step=0.05, info="DDIM's noise: 0 deterministic, 1 like DDPM.")
-                c["steps"] = _slider("lab_steps", 20 if lab.toy else 8, step=1)
+                c["steps"] = _slider("lab_steps", 20, step=1)
             size = TOY_SIZE if lab.toy else default_size
             c["size"] = _slider("lab_size", size, step=8, info="Width and height of each sample, in pixels.")
             if lab.toy:
