@@ -49,6 +49,10 @@ TOY_MAX_BATCH_IMAGES = 1024  # results stream every 1024 images (~1 scale); one 
 TOY_BATCH_BYTES = 2 * 1024**3  # what one toy batch's float64 step tensors may take
 TOY_TENSORS_PER_ROW = 16  # (rows, D) float64 tensors a toy step holds at once, counted generously (2 passes)
 NOISE_BAND_DRAWS = 2000
+# A sample is a data item when it lies within this fraction of the smallest item-to-item distance of one: 0.054
+# at 128 px. The exact denoiser's samples land within ~1e-6 of an item (20 Euler steps); a sample whose last
+# step split the posterior between two items lands near half that distance (0.25-0.29 measured), and a blend of
+# shapes from very few steps far away (4.0 at s = 15, 2 steps). A tenth leaves both sides a wide margin.
 ON_DATA_FRACTION = 0.1
 EXACT_START_SALT = 2**40  # the exact start's generator seeds sit apart from every loop seed (at most 2^32 - 1)
 THUMBNAIL_SIZE = 96  # px, the longer side
@@ -83,8 +87,9 @@ class LabSettings:
         _check_int("first_seed", self.first_seed, SEED_RANGE[0], SEED_RANGE[1] - self.n_seeds + 1)
         if not isinstance(self.exact_start, bool):
             raise RequestError("exact_start", f"must be true or false, got {self.exact_start!r}")
-        if self.exact_start and self.request.init_latents is not None:
-            raise RequestError("exact_start", "the exact start sets the starting latents; the request gives its own")
+        if self.exact_start and (self.request.init_latents is not None or self.request.init_image is not None):
+            raise RequestError("exact_start", "the exact start sets the starting latents; the request gives its own "
+                                              "start (init_latents or init_image)")
         self._check_axis()
 
     def _check_axis(self) -> None:
@@ -346,6 +351,7 @@ class _Job:
     n_seeds: int
     # first seed of a chunk -> its final latents and last clean estimate, (k, 4, h, w) each
     latents: dict[int, tuple[Tensor, Tensor]] = dataclasses.field(default_factory=dict)
+    thumbnails: dict[int, list[Image.Image]] = dataclasses.field(default_factory=dict)  # the first seeds' only
 
     @property
     def finished(self) -> bool:
@@ -413,12 +419,16 @@ def run_lab(pipe, settings: LabSettings, *, batch_images: int | None = None) -> 
     for batch in _batches(jobs, seeds, size):
         for (job, chunk), finals in zip(batch, _run_batch(pipe, batch, settings.exact_start)):
             job.latents[chunk[0]] = finals
+            wanted = settings.first_seed + MAX_THUMBNAILS - chunk[0]
+            if wanted > 0:  # decoded chunk by chunk: 64 SDXL images at 1024 px in one VAE call would not fit
+                job.thumbnails[chunk[0]] = _thumbnails(pipe, finals[0][:wanted])
         for job in dict.fromkeys(job for job, _ in batch):
             if job.finished:
                 done += 1
                 result = _result(pipe, job, done, len(jobs), time.perf_counter() - clock)
                 clock = time.perf_counter()
                 job.latents.clear()
+                job.thumbnails.clear()
                 yield result
 
 
@@ -438,8 +448,7 @@ def _result(pipe, job: _Job, done: int, total: int, seconds: float) -> ScaleResu
     chunks = [job.latents[k] for k in sorted(job.latents)]
     latents = torch.cat([c[0] for c in chunks])  # (n, 4, h, w), seed order
     clean = torch.cat([c[1] for c in chunks])
-    thumbnails = tuple(image.resize(_thumbnail_size(image.size), Image.Resampling.BILINEAR)
-                       for image in final_images(pipe, latents[:MAX_THUMBNAILS]))
+    thumbnails = tuple(image for k in sorted(job.thumbnails) for image in job.thumbnails[k])
     toy_world = is_toy(pipe)
     return ScaleResult(
         scale=job.scale, axis_value=job.axis_value, done=done, total=total, n_seeds=job.n_seeds,
@@ -448,10 +457,12 @@ def _result(pipe, job: _Job, done: int, total: int, seconds: float) -> ScaleResu
     )
 
 
-def _thumbnail_size(size: tuple[int, int]) -> tuple[int, int]:
-    w, h = size
-    k = THUMBNAIL_SIZE / max(w, h)
-    return max(1, round(w * k)), max(1, round(h * k))
+def _thumbnails(pipe, latents: Tensor) -> list[Image.Image]:
+    """Final images, decoded by the pipeline's own VAE, downscaled to at most THUMBNAIL_SIZE px."""
+    images = final_images(pipe, latents)
+    for image in images:
+        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
+    return images
 
 
 def curves(results: Sequence[ScaleResult]) -> dict[str, dict[Any, list[tuple[float, float]]]]:

@@ -97,6 +97,15 @@ def test_results_stream_one_batch_at_a_time(monkeypatch, toy_pipe) -> None:
     assert [r.scale for r in stream] == [2.0, 3.0] and len(calls) == 3
 
 
+def test_thumbnails_are_the_first_64_seeds_final_images(toy_pipe) -> None:
+    request = _lab_request(steps=2)
+    (result,) = measure(toy_pipe, request, (3.0,), 70, first_seed=10)
+    assert len(result.thumbnails) == 64 and result.thumbnails[0].size == (64, 64)  # 64 px: already small
+    *_, final = generate(toy_pipe, GenerationRequest(**{**request.to_dict(), "seeds": (10, 73), "guidance_scale": 3.0}))
+    assert result.thumbnails[0].tobytes() == final.images[0].tobytes()
+    assert result.thumbnails[63].tobytes() == final.images[1].tobytes()
+
+
 def test_a_perfect_sampler_stays_inside_its_noise_band(toy_pipe) -> None:
     """At adherence 1 and s = 1 the sampler is exact but for its discretisation and the start. From the exact
     start (q(x_T | c)) its histogram must sit within the 95% noise band of the data target; measured TV 0.10
@@ -107,6 +116,7 @@ def test_a_perfect_sampler_stays_inside_its_noise_band(toy_pipe) -> None:
     assert m["precision"] == 1.0 and m["off_data"] == 0.0
     assert m["tv_data"] <= m["noise_band_data"], m
     assert result.exact.distances.max() < 1e-3  # the exact denoiser lands on the items themselves
+    assert result.thumbnails[0].size == (96, 96)  # 128 px images, downscaled for the mosaic
 
 
 def test_noise_band_is_seeded_and_shrinks_with_n() -> None:
@@ -185,6 +195,7 @@ BAD_SETTINGS = [
     (dict(axis="scheduler", axis_values=(("ddim", 2.0),)), "axis_values", "eta"),
     (dict(axis_values=(1.0,)), "axis_values", "give an axis"),
     (dict(exact_start="yes"), "exact_start", "true or false"),
+    (dict(exact_start=True, request=_lab_request(init_latents=torch.zeros(1, 4, 8, 8))), "exact_start", "own start"),
 ]
 
 
@@ -206,3 +217,17 @@ def test_a_real_model_refuses_toy_only_settings(tiny_pipe, change, field, words)
     with pytest.raises(RequestError, match=words) as info:
         next(measure(tiny_pipe, request, (1.0,), **(dict(n_seeds=4) | change)))
     assert info.value.field == field
+
+
+def test_a_batch_encodes_each_prompt_once(monkeypatch, toy_pipe) -> None:
+    """A lab batch holds hundreds of 16-seed requests of one prompt; encoding it per request cost 40% of a toy
+    lab run's CPU time (measured: 17.3 s -> 10.5 s for 256 seeds x 7 scales)."""
+    import pipeline.loop as loop
+
+    calls = []
+    encode = loop.encode
+    monkeypatch.setattr(loop, "encode", lambda pipe, *texts: calls.append(texts) or encode(pipe, *texts))
+    requests = [_lab_request(steps=1, seeds=(k,), prompt=p) for k, p in enumerate(["red", "red", "blue", "red"])]
+    for _ in loop.denoise_batch(toy_pipe, requests):
+        pass
+    assert sorted(calls) == [("blue", ""), ("red", "")]
