@@ -44,7 +44,8 @@ SHAPE_GAP, COLOUR_GAP = 5, 14
 
 METRIC_COLUMNS = {  # ExactStats.metrics key -> the table's column
     "precision": "precision", "tv_data": "TV to data", "tv_model": "TV to model", "tv_tilted": "TV to tilted",
-    "noise_band": "noise band (TV)", "entropy": "entropy (nats)", "effective_items": "effective items",
+    "noise_band": "noise band: model", "noise_band_data": "noise band: data",
+    "noise_band_tilted": "noise band: tilted", "entropy": "entropy (nats)", "effective_items": "effective items",
     "median_distance": "median distance", "off_data": "off the data",
 }
 PROXY_COLUMNS = {  # ScaleResult.proxies key -> the table's column: proxies, and said so (the library computes no
@@ -297,7 +298,8 @@ def noise_note(result: ScaleResult) -> str:
     return (f"**How to read the noise band:** even a perfect sampler of the model's target pₐ(x|c), drawing "
             f"{n} seeds, lands at a total variation (TV) of up to **{m['noise_band']:.3f}** from it (95% of the "
             f"time), only because {n} seeds are few. A TV below the band is as good as exact; above it, the "
-            f"sampler really differs. A share in the marginals moves by about ±{2 / math.sqrt(n) * 0.5:.2f} "
+            f"sampler really differs (the table gives each target's own band: a narrower target has a narrower "
+            f"one). A share in the marginals moves by about ±{1 / math.sqrt(n):.2f} "
             f"(two standard errors at 50%) from seed noise alone. All scales use the same seeds, so a change "
             "between scales is guidance, not a fresh draw.")
 

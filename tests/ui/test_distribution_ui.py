@@ -109,7 +109,7 @@ def test_table_has_one_row_per_result_with_the_exact_numbers():
     results = [exact_result(one_item(k), scale=s, done=i + 1, total=2) for i, (k, s) in enumerate([(0, 1.0), (5, 3.0)])]
     frame = render.table(results)
     assert list(frame["result"]) == ["s = 1", "s = 3"]
-    for column in ("precision", "TV to data", "TV to model", "TV to tilted", "noise band (TV)", "entropy (nats)",
+    for column in ("precision", "TV to data", "TV to model", "TV to tilted", "noise band: model", "entropy (nats)",
                    "effective items", "median distance", "off the data"):
         assert column in frame.columns, column
     assert frame["TV to data"].iloc[0] == pytest.approx(results[0].exact.metrics["tv_data"], abs=1e-4)
