@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .controls import CONTROL_NAMES
-from .distribution_tab import build_distribution_tab
+from .distribution_page import build_distribution_tab
 from .explore_tab import Explore, build_explore_tab, wire_explore
 from .fields import NamedErrorBlocks
 from .handlers import Handlers
