@@ -163,17 +163,24 @@ class _Lane:
         return self.embeds[part]
 
 
-def _lane(pipe: StableDiffusionXLPipeline, request: GenerationRequest, rows: slice) -> _Lane:
+def _lane(pipe: StableDiffusionXLPipeline, request: GenerationRequest, rows: slice,
+          cond: PromptEmbeds | None = None) -> _Lane:
     mode = guidance_mode(request.mode)
-    cond = encode(pipe, request.prompt, request.prompt_2)  # always: the zeros baseline takes its shape
+    if cond is None:
+        cond = encode(pipe, request.prompt, request.prompt_2)
     return _Lane(request, mode, rows, {COND: cond}, mode.new_state(request))
 
 
 def _lanes(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest]) -> list[_Lane]:
-    """Each request's lane, its rows following the previous one's."""
-    lanes, start = [], 0
+    """Each request's lane, its rows following the previous one's. The prompt is always encoded (the zeros
+    baseline takes its shape), once per distinct prompt pair: a distribution-lab batch holds hundreds of
+    16-seed requests of one prompt."""
+    lanes, start, encoded = [], 0, {}
     for request in requests:
-        lanes.append(_lane(pipe, request, slice(start, start + len(request.seeds))))
+        key = (request.prompt, request.prompt_2)
+        if key not in encoded:
+            encoded[key] = encode(pipe, *key)
+        lanes.append(_lane(pipe, request, slice(start, start + len(request.seeds)), encoded[key]))
         start += len(request.seeds)
     return lanes
 

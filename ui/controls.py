@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from pipeline import MODES, SCHEDULERS, UNCONDS, GenerationRequest, RequestError
+from pipeline.distribution import TOY_MAX_SEEDS
 from pipeline.previews import PREVIEW_DECODERS
 from pipeline.guidance import MODE_PARAMS
 from pipeline.request import (
@@ -104,6 +105,17 @@ PASSED_THROUGH: tuple[str, ...] = tuple(
 TAB_CONTROLS: dict[str, Control] = {
     "inversion_steps": Control("Inversion steps", WHOLE, STEPS_RANGE),
     "inversion_guidance_scale": Control("Inversion guidance scale", NUMBER, (0.0, 20.0)),
+    # the Distribution tab (ui/distribution_tab.py); its seeds slider narrows the range to the model's own
+    "lab_prompt": Control("Lab prompt", TEXT),
+    "lab_prompt_2": Control("Lab prompt 2", TEXT),
+    "lab_seeds": Control("Lab seeds", WHOLE, (1, TOY_MAX_SEEDS)),
+    "lab_mode": Control("Lab guidance mode", CHOICE, MODES),
+    "lab_scheduler": Control("Lab scheduler", CHOICE, SCHEDULERS),
+    "lab_eta": Control("Lab eta", NUMBER, ETA_RANGE),
+    "lab_steps": Control("Lab steps", WHOLE, STEPS_RANGE),
+    "lab_size": Control("Lab size", WHOLE, SIZE_RANGE),
+    "lab_adherence": Control("Lab prompt adherence", NUMBER, ADHERENCE_RANGE),
+    "lab_exact_start": Control("Exact start", FLAG),
 }
 BY_LABEL: dict[str, str] = {control.label: name for name, control in (CONTROLS | TAB_CONTROLS).items()}
 

@@ -1,10 +1,11 @@
-"""The page: a header and the three tabs (each built by its own module), and the page-wide style."""
+"""The page: a header and the four tabs (each built by its own module), and the page-wide style."""
 
 from __future__ import annotations
 
 import gradio as gr
 
 from .controls import CONTROL_NAMES
+from .distribution_page import build_distribution_tab
 from .explore_tab import Explore, build_explore_tab, wire_explore
 from .fields import NamedErrorBlocks
 from .handlers import Handlers
@@ -52,6 +53,8 @@ CSS = """
 /* The final PNGs are for downloading: a plain box, not the dashed drop zone of an upload. */
 #downloads, #downloads * { border-style: solid !important; }
 #downloads .wrap { min-height: 0; }
+/* Distribution tab: the samples gallery as tall as its mosaics (Gradio fixes an auto-height gallery at >= 450 px). */
+#lab-samples .grid-wrap { min-height: 0 !important; max-height: none !important; }
 #title h2 { margin: 0 0 4px 0; }
 #title p { margin: 0; }
 /* Sweep cells: the whole caption ("Guidance scale 7.5 · Guidance mode Conditional only"), wrapped, not "Guidance …". */
@@ -120,6 +123,8 @@ def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -
                 build_sweep_tab(handlers, [c[name] for name in CONTROL_NAMES])
             with gr.Tab("Invert", id="invert"):
                 build_invert_tab(handlers, {**c, **out, "tabs": tabs}, start_latents, explore)
+            with gr.Tab("Distribution", id="distribution"):
+                build_distribution_tab(handlers, default_size)
         wire_explore(demo, explore, c, out, start_latents)
         demo.load(None, js=ACCEPT_DROPPED_PNG, api_visibility="private", queue=False)
     return demo

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import io
 import math
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image, ImageChops
@@ -246,3 +247,51 @@ class Run:
         self.join(timeout=60)
         if self._error is not None:
             raise self._error
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def in_background(make_events, stop: threading.Event, tick: float = 1.0) -> Iterator[Any]:
+    """Iterate `make_events()` on a worker thread: yield each item as it comes, and None every `tick` seconds
+    while none has, so the page can show the run is alive (a real model's scale takes minutes).
+
+    Once `stop` is set nothing more is yielded; the worker ends after the item it is computing and closes the
+    iterator (no further UNet call), and this waits for it. The worker's exception is raised here."""
+    items: queue.Queue = queue.Queue()
+
+    def work() -> None:
+        events = make_events()
+        try:
+            for item in events:
+                items.put(item)
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # handed to the reader, who raises it: never a silently empty result
+            items.put(_Failure(exc))
+        finally:
+            events.close()
+            items.put(_END)
+
+    worker = threading.Thread(target=work, name="cfg-explorer-lab", daemon=True)
+    worker.start()
+    try:
+        while not stop.is_set():
+            try:
+                item = items.get(timeout=tick)
+            except queue.Empty:
+                yield None
+                continue
+            if isinstance(item, _Failure):
+                raise item.error
+            if item is _END or stop.is_set():
+                break
+            yield item
+    finally:
+        stop.set()  # a Stop, a client's cancel or a closed tab: the worker ends after its current item
+        worker.join(timeout=600)
