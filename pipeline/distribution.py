@@ -88,6 +88,9 @@ class LabSettings:
         _check_int("first_seed", self.first_seed, SEED_RANGE[0], SEED_RANGE[1] - self.n_seeds + 1)
         if not isinstance(self.exact_start, bool):
             raise RequestError("exact_start", f"must be true or false, got {self.exact_start!r}")
+        if self.request.init_latents is not None and self.request.init_latents.shape[0] != 1:
+            raise RequestError("init_latents", "the lab's seeds share one start: give a batch of 1, got "
+                                               f"{self.request.init_latents.shape[0]}")
         if self.exact_start and (self.request.init_latents is not None or self.request.init_image is not None):
             raise RequestError("exact_start", "the exact start sets the starting latents; the request gives its own "
                                               "start (init_latents or init_image)")
@@ -410,8 +413,13 @@ def run_lab(pipe, settings: LabSettings, *, batch_images: int | None = None) -> 
 
     Each seed runs with its own generator inside 16-seed requests through `denoise_batch`, so its sample is
     the one `generate` gives for that seed and request. `seconds` is the wall time since the previous result.
+    Settings this model cannot run are refused here, before the first result is asked for.
     """
     _check_for_model(pipe, settings)
+    return _stream(pipe, settings, batch_images)
+
+
+def _stream(pipe, settings: LabSettings, batch_images: int | None) -> Iterator[ScaleResult]:
     jobs = [_Job(value, request, float(scale), settings.n_seeds)
             for value, request in settings.requests() for scale in settings.scales]
     seeds = range(settings.first_seed, settings.first_seed + settings.n_seeds)

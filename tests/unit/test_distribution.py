@@ -196,6 +196,7 @@ BAD_SETTINGS = [
     (dict(axis_values=(1.0,)), "axis_values", "give an axis"),
     (dict(exact_start="yes"), "exact_start", "true or false"),
     (dict(exact_start=True, request=_lab_request(init_latents=torch.zeros(1, 4, 8, 8))), "exact_start", "own start"),
+    (dict(request=_lab_request(seeds=(0, 1), init_latents=torch.zeros(2, 4, 8, 8))), "init_latents", "batch of 1"),
 ]
 
 
@@ -214,8 +215,8 @@ def test_bad_settings_are_refused_naming_the_field(change, field, words) -> None
 ])
 def test_a_real_model_refuses_toy_only_settings(tiny_pipe, change, field, words) -> None:
     request = GenerationRequest(prompt="a cat", width=64, height=64, steps=2)
-    with pytest.raises(RequestError, match=words) as info:
-        next(measure(tiny_pipe, request, (1.0,), **(dict(n_seeds=4) | change)))
+    with pytest.raises(RequestError, match=words) as info:  # when called, before any result is asked for
+        measure(tiny_pipe, request, (1.0,), **(dict(n_seeds=4) | change))
     assert info.value.field == field
 
 
