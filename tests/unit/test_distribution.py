@@ -135,7 +135,8 @@ def test_the_exact_start_removes_the_terminal_snr_bias(toy_pipe) -> None:
 
 def test_samples_off_the_data_are_counted() -> None:
     """A toy whose items are Gaussians of width 0.3 never lands on an item itself: 0.3 per latent element is
-    about 4.8 in distance at 64 px (256 elements), far above the on-data bound (0.018 there: a tenth of the closest two items' distance, 0.18)."""
+    about 4.8 in distance at 64 px (256 elements), far above the on-data bound (0.018 there: a tenth of the
+    distance between the closest two items, 0.18)."""
     from pipeline import toy_pipeline
 
     (result,) = measure(toy_pipeline(mixture_width=0.3), _lab_request(steps=20), (3.0,), 16)
