@@ -14,14 +14,13 @@ Chidambaram et al. 2024, arXiv 2409.13074). On a real model no target exists; it
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
-
 import functools
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,12 +39,14 @@ AXES: tuple[str, ...] = ("guidance_interval", "guidance_rescale", "prompt_adhere
 MAX_SCALES = 12
 MAX_AXIS_VALUES = 6
 TOY_MAX_SEEDS = 1024  # the toy's exact denoiser costs microseconds per seed and step
-# A real UNet costs ~0.1 s per image-step on a GPU at 1024 px: 64 seeds x 12 scales x 30 steps x 2 passes is
-# already ~1.5 h there; more would be a job, not a lab experiment.
+# A real model: SDXL at 1024 px costs roughly 0.05 s per image and UNet pass in fp16 on an H100-class GPU (an
+# estimate, not measured here), so 64 seeds x 12 scales x 30 steps x 2 passes is already ~40 min; more would be
+# a batch job, not a lab experiment.
 MODEL_MAX_SEEDS = 64
 MAX_THUMBNAILS = 64
 MODEL_BATCH_IMAGES = 16  # a real model's images per denoise_batch call
-TOY_MAX_BATCH_IMAGES = 1024  # results stream every 1024 images (~1 scale); one batch of all: ~15% less CPU
+TOY_MAX_BATCH_IMAGES = 1024  # results stream as each finishes; and measured (bench_distribution), a bare loop
+# over 512 seeds x 7 scales took 0.63 of the CPU time in batches of 1024 images that it took in one batch of 3584
 TOY_BATCH_BYTES = 2 * 1024**3  # what one toy batch's float64 step tensors may take
 TOY_TENSORS_PER_ROW = 16  # (rows, D) float64 tensors a toy step holds at once, counted generously (2 passes)
 NOISE_BAND_DRAWS = 2000
@@ -87,6 +88,9 @@ class LabSettings:
         _check_int("first_seed", self.first_seed, SEED_RANGE[0], SEED_RANGE[1] - self.n_seeds + 1)
         if not isinstance(self.exact_start, bool):
             raise RequestError("exact_start", f"must be true or false, got {self.exact_start!r}")
+        if self.request.init_latents is not None and self.request.init_latents.shape[0] != 1:
+            raise RequestError("init_latents", "the lab's seeds share one start: give a batch of 1, got "
+                                               f"{self.request.init_latents.shape[0]}")
         if self.exact_start and (self.request.init_latents is not None or self.request.init_image is not None):
             raise RequestError("exact_start", "the exact start sets the starting latents; the request gives its own "
                                               "start (init_latents or init_image)")
@@ -409,8 +413,13 @@ def run_lab(pipe, settings: LabSettings, *, batch_images: int | None = None) -> 
 
     Each seed runs with its own generator inside 16-seed requests through `denoise_batch`, so its sample is
     the one `generate` gives for that seed and request. `seconds` is the wall time since the previous result.
+    Settings this model cannot run are refused here, before the first result is asked for.
     """
     _check_for_model(pipe, settings)
+    return _stream(pipe, settings, batch_images)
+
+
+def _stream(pipe, settings: LabSettings, batch_images: int | None) -> Iterator[ScaleResult]:
     jobs = [_Job(value, request, float(scale), settings.n_seeds)
             for value, request in settings.requests() for scale in settings.scales]
     seeds = range(settings.first_seed, settings.first_seed + settings.n_seeds)

@@ -119,6 +119,30 @@ def test_a_perfect_sampler_stays_inside_its_noise_band(toy_pipe) -> None:
     assert result.thumbnails[0].size == (96, 96)  # 128 px images, downscaled for the mosaic
 
 
+def test_the_exact_start_removes_the_terminal_snr_bias(toy_pipe) -> None:
+    """SDXL's schedule keeps signal at its first timestep (Lin et al. 2023), so N(0, sigma_max^2) is the wrong
+    start and biases even an exact model at s = 1. At 1024 seeds the bias shows above the noise: measured, big
+    shapes 0.408 where the data has 0.5, TV to the data 0.092 against a band of 0.049; from the exact start
+    0.477 and 0.044, inside the band."""
+    request = _lab_request(width=128, height=128, steps=20, prompt_adherence=1.0)
+    (usual,) = measure(toy_pipe, request, (1.0,), 1024)
+    (exact,) = measure(toy_pipe, request, (1.0,), 1024, exact_start=True)
+    assert usual.exact.metrics["tv_data"] > usual.exact.metrics["noise_band_data"]
+    assert exact.exact.metrics["tv_data"] <= exact.exact.metrics["noise_band_data"]
+    big = [marginal(r.exact.counts / 1024, "size")["big"] for r in (usual, exact)]
+    assert big[0] < 0.45 and big[1] > big[0] + 0.04, big  # binomial SE of a share at 1024 seeds: 0.016
+
+
+def test_samples_off_the_data_are_counted() -> None:
+    """A toy whose items are Gaussians of width 0.3 never lands on an item itself: 0.3 per latent element is
+    about 4.8 in distance at 64 px (256 elements), far above the on-data bound (0.018 there: a tenth of the
+    distance between the closest two items, 0.18)."""
+    from pipeline import toy_pipeline
+
+    (result,) = measure(toy_pipeline(mixture_width=0.3), _lab_request(steps=20), (3.0,), 16)
+    assert result.exact.metrics["off_data"] == 1.0 and result.exact.metrics["median_distance"] > 3
+
+
 def test_noise_band_is_seeded_and_shrinks_with_n() -> None:
     p = np.full(8, 1 / 8)
     assert noise_band(128, p) == noise_band(128, p)
@@ -196,6 +220,7 @@ BAD_SETTINGS = [
     (dict(axis_values=(1.0,)), "axis_values", "give an axis"),
     (dict(exact_start="yes"), "exact_start", "true or false"),
     (dict(exact_start=True, request=_lab_request(init_latents=torch.zeros(1, 4, 8, 8))), "exact_start", "own start"),
+    (dict(request=_lab_request(seeds=(0, 1), init_latents=torch.zeros(2, 4, 8, 8))), "init_latents", "batch of 1"),
 ]
 
 
@@ -214,8 +239,8 @@ def test_bad_settings_are_refused_naming_the_field(change, field, words) -> None
 ])
 def test_a_real_model_refuses_toy_only_settings(tiny_pipe, change, field, words) -> None:
     request = GenerationRequest(prompt="a cat", width=64, height=64, steps=2)
-    with pytest.raises(RequestError, match=words) as info:
-        next(measure(tiny_pipe, request, (1.0,), **(dict(n_seeds=4) | change)))
+    with pytest.raises(RequestError, match=words) as info:  # when called, before any result is asked for
+        measure(tiny_pipe, request, (1.0,), **(dict(n_seeds=4) | change))
     assert info.value.field == field
 
 
