@@ -97,6 +97,22 @@ def test_results_stream_one_batch_at_a_time(monkeypatch, toy_pipe) -> None:
     assert [r.scale for r in stream] == [2.0, 3.0] and len(calls) == 3
 
 
+def test_by_default_each_scale_streams_as_it_finishes(monkeypatch, toy_pipe) -> None:
+    """Without a forced batch size, a batch holds at most one scale's seeds, so the first result comes after
+    that scale's UNet work alone (all three scales' 192 images would fit one batch)."""
+    rows = []
+    hook = toy_pipe.unet.register_forward_hook(lambda module, args, kwargs, out: rows.append(len(args[0])),
+                                               with_kwargs=True)
+    try:
+        stream = measure(toy_pipe, _lab_request(steps=2), (1.0, 2.0, 3.0), 64)
+        first = next(stream)
+        assert (first.scale, first.done) == (1.0, 1)
+        assert sum(rows) == 2 * 64  # 2 steps x 64 seeds x 1 pass (s = 1): the other scales have not run
+        assert [r.scale for r in stream] == [2.0, 3.0]
+    finally:
+        hook.remove()
+
+
 def test_thumbnails_are_the_first_64_seeds_final_images(toy_pipe) -> None:
     request = _lab_request(steps=2)
     (result,) = measure(toy_pipe, request, (3.0,), 70, first_seed=10)
