@@ -30,7 +30,7 @@ from torch import Tensor
 from .loop import _timesteps, denoise_batch
 from .models import toy
 from .models.toy import is_toy
-from .presets import PRESETS_DIR, PresetError, _check_text, _parse_toml
+from .presets import PRESETS_DIR, PresetError, _check_text, _parse_toml, check_keys
 from .previews import final_images
 from .request import GUIDANCE_SCALE_RANGE, MAX_SEEDS, SEED_RANGE, GenerationRequest, RequestError
 
@@ -524,21 +524,11 @@ def load_lab_preset(path: str | os.PathLike[str]) -> LabPreset:
     """Read and validate one lab preset; raises `PresetError` naming the file and the field."""
     path = Path(path)
     data = _parse_toml(path)
-    unknown = sorted(set(data) - set(LAB_PRESET_KEYS))
-    if unknown:
-        raise PresetError(path, unknown[0], f"unknown key; a lab preset has {', '.join(LAB_PRESET_KEYS)}")
-    for key in LAB_PRESET_KEYS:
-        if key not in data:
-            raise PresetError(path, key, "is required")
+    check_keys(path, data, LAB_PRESET_KEYS, LAB_PRESET_KEYS, "a lab preset")
     for key in ("request", "lab"):
         if not isinstance(data[key], dict):
             raise PresetError(path, key, f"must be a table ([{key}])")
-    unknown = sorted(set(data["lab"]) - set(LAB_KEYS))
-    if unknown:
-        raise PresetError(path, f"lab.{unknown[0]}", f"unknown key; [lab] has {', '.join(LAB_KEYS)}")
-    for key in ("scales", "n_seeds"):
-        if key not in data["lab"]:
-            raise PresetError(path, f"lab.{key}", "is required")
+    check_keys(path, data["lab"], LAB_KEYS, ("scales", "n_seeds"), "[lab]", prefix="lab.")
     try:
         request = GenerationRequest.from_dict(data["request"])
     except RequestError as error:

@@ -29,7 +29,7 @@ import re
 import sys
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -103,6 +103,18 @@ def _parse_toml(path: Path) -> dict[str, Any]:
         raise PresetError(path, None, message) from None
 
 
+def check_keys(path: Path, table: dict[str, Any], allowed: Sequence[str], required: Sequence[str], what: str,
+               prefix: str = "") -> None:
+    """Refuse a key the table may not have (not silently dropped) and a missing required one, naming the file
+    and the key (`prefix` names the table a key sits in, as "lab.")."""
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise PresetError(path, f"{prefix}{unknown[0]}", f"unknown key; {what} has {', '.join(allowed)}")
+    for key in required:
+        if key not in table:
+            raise PresetError(path, f"{prefix}{key}", "is required")
+
+
 def _check_text(path: Path, data: dict[str, Any], key: str) -> str:
     value = data[key]
     if not isinstance(value, str) or not value.strip():
@@ -114,12 +126,7 @@ def load_preset(path: str | os.PathLike[str]) -> Preset:
     """Read and validate one preset file; raises `PresetError` naming the file and the field."""
     path = Path(path)
     data = _parse_toml(path)
-    unknown = sorted(set(data) - set(PRESET_KEYS))
-    if unknown:
-        raise PresetError(path, unknown[0], f"unknown key; a preset has {', '.join(PRESET_KEYS)}")
-    for key in REQUIRED_KEYS:
-        if key not in data:
-            raise PresetError(path, key, "is required")
+    check_keys(path, data, PRESET_KEYS, REQUIRED_KEYS, "a preset")
     name = _check_text(path, data, "name")
     description = _check_text(path, data, "description")
     preview = data.get("preview")

@@ -309,6 +309,17 @@ def wait_for_status_log(page, pattern: str, since: float) -> None:
     )
 
 
+def wait_for_run_done(page, since: float, pattern: str = r"Done: step") -> None:
+    """Wait for a status matching `pattern` logged after a run's own start (Starting, Denoising, Continuing) that came
+    after `since`: clicking Generate can re-render the last run's "Done" text, which must not count."""
+    page.wait_for_function(
+        """([pat, since]) => { const log = window.statusLog.filter(([when]) => when >= since);
+        const start = log.findIndex(([, text]) => /Starting|Denoising|Continuing/.test(text));
+        return start >= 0 && log.slice(start).some(([, text]) => new RegExp(pat).test(text)); }""",
+        arg=[pattern, since], polling=50,
+    )
+
+
 def screenshot(page, name: str) -> Path:
     SCREENSHOTS.mkdir(exist_ok=True)
     path = SCREENSHOTS / name

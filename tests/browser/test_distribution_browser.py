@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from tests.browser import test_browser
-from tests.browser.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, free_port, screenshot, set_slider, set_text
+from tests.browser.test_browser import TIMEOUT_MS, screenshot, set_slider, set_text
+from tests.browser.test_toy_browser import toy_browser
 
 pytestmark = test_browser.pytestmark  # conftest.py skips (under CI=true: fails) without Chromium or playwright
 
@@ -23,33 +24,10 @@ PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
-def toy_app(tmp_path_factory):
-    import pipeline
-    import ui
-    from ui import render
-
-    pipe = pipeline.toy_pipeline()
-    handlers = ui.Handlers(pipe, model_name="toy", output_dir=tmp_path_factory.mktemp("outputs"))
-    demo = ui.build_demo(handlers, banner=render.banner("toy", None), default_size=256)
-    demo.queue()
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+def lab_app(tmp_path_factory):
+    """(browser, url): the app on the toy world, and a Chromium."""
+    with toy_browser(tmp_path_factory.mktemp("outputs")) as app:
+        yield app
 
 
 def open_lab(browser, url: str, viewport: dict):
@@ -85,8 +63,8 @@ PLOT_HAS_LINE = ("(id) => [...document.querySelectorAll(`#${id} .mark-line path`
                  ".some(p => /L/.test(p.getAttribute('d') || ''))")
 
 
-def test_the_tab_streams_a_histogram_per_scale_and_draws_the_curves(toy_app, browser):
-    page = open_lab(browser, toy_app, {"width": 1440, "height": 900})
+def test_the_tab_streams_a_histogram_per_scale_and_draws_the_curves(lab_app):
+    page = open_lab(*lab_app, {"width": 1440, "height": 900})
     try:
         run_lab(page)
         log = page.evaluate("() => window.labLog")
@@ -115,9 +93,9 @@ def test_the_tab_streams_a_histogram_per_scale_and_draws_the_curves(toy_app, bro
         page.close()
 
 
-def test_a_preset_at_phone_width(toy_app, browser):
+def test_a_preset_at_phone_width(lab_app):
     """A lab preset fills the inputs and keeps its note on the page; the run fits the phone's width."""
-    page = open_lab(browser, toy_app, PHONE)
+    page = open_lab(*lab_app, PHONE)
     try:
         preset = page.locator("#lab-preset input")
         preset.click()

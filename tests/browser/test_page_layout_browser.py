@@ -12,7 +12,7 @@ import base64
 
 from tests.browser import test_browser
 from tests.browser.test_browser import (TIMEOUT_MS, block, log_status, now_ms, screenshot, set_slider, set_text,
-                                       wait_for_text)
+                                       wait_for_run_done, wait_for_text)
 from tests.browser.test_toy_browser import toy_page  # noqa: F401 (the fixture: the app on the toy world)
 
 pytestmark = test_browser.pytestmark
@@ -40,11 +40,7 @@ def _generate(page) -> None:
     log_status(page)
     since = now_ms(page)
     page.get_by_role("button", name="Generate", exact=True).click()
-    # A "Done" logged after the run's own start: clicking can re-render the last run's "Done" text.
-    page.wait_for_function(
-        """(since) => { const log = window.statusLog.filter(([when]) => when >= since);
-        const start = log.findIndex(([, text]) => /Starting|Denoising/.test(text));
-        return start >= 0 && log.slice(start).some(([, text]) => /Done: step/.test(text)); }""", arg=since, polling=50)
+    wait_for_run_done(page, since)
     page.wait_for_function("() => [...document.querySelectorAll('#images img')].every(i => i.complete)")
 
 

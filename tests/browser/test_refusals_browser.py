@@ -11,13 +11,10 @@ import pytest
 
 from tests.browser import test_browser
 from tests.browser.test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     TIMEOUT_MS,
     block,
     captions,
     configure,
-    free_port,
     log_status,
     now_ms,
     open_group,
@@ -25,9 +22,12 @@ from tests.browser.test_browser import (
     status_log,
     status_text,
     wait_for_captions,
+    wait_for_run_done,
     wait_for_status_log,
     wait_for_text,
 )
+
+from tests.browser.test_toy_browser import toy_browser
 
 pytestmark = test_browser.pytestmark
 
@@ -44,29 +44,8 @@ BAD_CONSOLE = ("Infinite extent", "status of 500", "CONTENT_LENGTH")
 
 @pytest.fixture(scope="module")
 def toy_app(tmp_path_factory):
-    import pipeline.presets
-    import ui
-    from pipeline.models import ToyPreviewDecoder
-    from playwright.sync_api import sync_playwright
-    from ui import render
-
-    pipe = pipeline.toy_pipeline()
-    handlers = ui.Handlers(pipe, taesd=ToyPreviewDecoder(pipe.vae), model_name="toy",
-                           presets=pipeline.presets.load_presets(), output_dir=tmp_path_factory.mktemp("outputs"))
-    demo = ui.build_demo(handlers, banner=render.banner("toy", None),
-                         default_size=pipe.default_sample_size * pipe.vae_scale_factor)
-    demo.queue()
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                yield browser, f"http://127.0.0.1:{port}/"
-            finally:
-                browser.close()
-    finally:
-        demo.close()
+    with toy_browser(tmp_path_factory.mktemp("outputs")) as app:
+        yield app
 
 
 @pytest.fixture
@@ -92,7 +71,7 @@ def page(toy_app):
 def generate_and_wait(page, steps: int) -> None:
     since = now_ms(page)
     page.get_by_role("button", name="Generate", exact=True).click()
-    wait_for_status_log(page, rf"Done: step {steps}/{steps}", since)
+    wait_for_run_done(page, since, rf"Done: step {steps}/{steps}")
     page.wait_for_function(ALL_LOADED)
 
 

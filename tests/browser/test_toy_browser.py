@@ -9,6 +9,7 @@ Runs the app in-process on the toy pipeline, as `python app.py --model toy` does
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -34,8 +35,10 @@ from tests.browser.test_browser import (
 pytestmark = test_browser.pytestmark  # conftest.py skips (under CI=true: fails) without Chromium or playwright
 
 
-@pytest.fixture(scope="module")
-def toy_page(tmp_path_factory):
+@contextmanager
+def toy_browser(output_dir):
+    """The app on the toy world, in-process (as `python app.py --model toy`), and a Chromium to visit it:
+    yields (browser, url)."""
     import pipeline.presets
     import ui
     from pipeline.models import ToyPreviewDecoder
@@ -44,7 +47,7 @@ def toy_page(tmp_path_factory):
 
     pipe = pipeline.toy_pipeline()
     handlers = ui.Handlers(pipe, taesd=ToyPreviewDecoder(pipe.vae), model_name="toy",
-                           presets=pipeline.presets.load_presets(), output_dir=tmp_path_factory.mktemp("outputs"))
+                           presets=pipeline.presets.load_presets(), output_dir=output_dir)
     demo = ui.build_demo(handlers, banner=render.banner("toy", None),
                          default_size=pipe.default_sample_size * pipe.vae_scale_factor)
     demo.queue()
@@ -54,18 +57,24 @@ def toy_page(tmp_path_factory):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
-                page = browser.new_page(viewport={"width": 1440, "height": 900})
-                page.set_default_timeout(TIMEOUT_MS)
-                page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
-                page.get_by_role("button", name="Generate", exact=True).wait_for()
-                page.wait_for_function(
-                    "() => document.querySelectorAll('[data-testid=status-tracker]:not(.hide)').length === 0"
-                )
-                yield page
+                yield browser, f"http://127.0.0.1:{port}/"
             finally:
                 browser.close()
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def toy_page(tmp_path_factory):
+    with toy_browser(tmp_path_factory.mktemp("outputs")) as (browser, url):
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_role("button", name="Generate", exact=True).wait_for()
+        page.wait_for_function(
+            "() => document.querySelectorAll('[data-testid=status-tracker]:not(.hide)').length === 0"
+        )
+        yield page
 
 
 def test_red_circle_is_red_on_screen(toy_page):

@@ -64,7 +64,7 @@ def test_the_whatif_slider_rerenders_without_a_queue_job_and_a_fork_becomes_a_br
     since = now_ms(page)
     page.get_by_role("button", name="Continue from this step", exact=True).click()
     wait_for_status_log(page, r"Continuing from step 4/8", since)
-    wait_for_status_log(page, r"Done: step 8/8", since)
+    test_browser.wait_for_run_done(page, since, r"Done: step 8/8")
     branches = test_browser.block(page, "Branches")
     fork_name = "Guidance scale 7.5 → 1 from step 4"  # the controls' labels, not "s 7.5 → 1" (issue 18)
     branches.get_by_label(fork_name, exact=True).wait_for()
