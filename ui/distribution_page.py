@@ -7,13 +7,13 @@ from typing import Any
 
 import gradio as gr
 
-from pipeline import MODES, SCHEDULERS
 from pipeline.distribution import AXES, MAX_SCALES
 
 from . import distribution_render as draw
 from .controls import TAB_CONTROLS
 from .distribution_tab import (AXIS_LABELS, NO_AXIS, NO_TARGET, OUTPUTS, TOY_MIN_SEEDS, TOY_SIZE, Distributions,
                                progress_html)
+from .render import CONTROL_INFO, MODE_CHOICES, SCHEDULER_CHOICES
 from .fields import FieldCheckbox, FieldDropdown, FieldRadio, FieldSlider, FieldTextbox
 
 INTRO = ("Run many seeds at several guidance scales and measure the distribution they land on: the same seeds at "
@@ -63,9 +63,9 @@ def build_distribution_tab(handlers, default_size: int = 1024) -> Distributions:
                                    "see, as measured.", visible=bool(lab.presets), elem_id="lab-preset")
             preset_note = gr.Markdown("", elem_id="lab-preset-note")
             c["prompt"] = FieldTextbox(label="Lab prompt", value="blue square" if lab.toy else "a photo of a cat",
-                                       lines=1)
+                                       lines=1, info=CONTROL_INFO["prompt"])
             c["prompt_2"] = FieldTextbox(label="Lab prompt 2", value="", lines=1,
-                                         info="Goes to the second text encoder (OpenCLIP bigG); empty: none.")
+                                         info=CONTROL_INFO["prompt_2"])
             lo = TOY_MIN_SEEDS if lab.toy else 1
             c["n_seeds"] = _slider("lab_seeds", min(512, lab.max_seeds) if lab.toy else 16, lo, lab.max_seeds,
                                    step=1, info=f"From {lo} to {lab.max_seeds}: the same seeds (0, 1, ...) run at "
@@ -74,8 +74,9 @@ def build_distribution_tab(handlers, default_size: int = 1024) -> Distributions:
                                        info=f"Comma-separated guidance scales, at most {MAX_SCALES}; 1 is no "
                                        "guidance (conditional only).")
             with gr.Row():
-                c["mode"] = FieldDropdown(list(MODES), value="cfg", label="Lab guidance mode")
-                c["scheduler"] = FieldDropdown(list(SCHEDULERS), value="euler", label="Lab scheduler")
+                # The Explore page's labels for the same choices (the modes table's, the schedulers'), not ids.
+                c["mode"] = FieldDropdown(MODE_CHOICES, value="cfg", label="Lab guidance mode")
+                c["scheduler"] = FieldDropdown(SCHEDULER_CHOICES, value="euler", label="Lab scheduler")
             with gr.Row():
                 c["eta"] = _slider("lab_eta", 0.0, step=0.05, info="DDIM's noise: 0 deterministic, 1 like DDPM.")
                 c["steps"] = _slider("lab_steps", 20, step=1)
