@@ -14,6 +14,7 @@ from .controls import TAB_CONTROLS
 from .distribution_tab import (AXIS_LABELS, NO_AXIS, NO_TARGET, OUTPUTS, TOY_MIN_SEEDS, TOY_SIZE, Distributions,
                                progress_html)
 from .render import CONTROL_INFO, MODE_CHOICES, SCHEDULER_CHOICES
+from .served import ServedGallery
 from .fields import FieldCheckbox, FieldDropdown, FieldRadio, FieldSlider, FieldTextbox
 
 INTRO = ("Run many seeds at several guidance scales and measure the distribution they land on: the same seeds at "
@@ -137,7 +138,7 @@ def _results(lab: Distributions) -> dict[str, Any]:
             out[slot] = gr.LinePlot(label=label, y_title=y_title, elem_id=f"lab-{slot}", min_width=300, **plot)
     for slot in ("precision", "entropy", "tv"):
         out.setdefault(slot, gr.LinePlot(visible=False, **plot))
-    out["samples"] = gr.Gallery(label="Samples per scale (first 64 seeds)", columns=3, format="jpeg",
-                                object_fit="contain", height="auto", visible=lab.toy, elem_id="lab-samples")
+    out["samples"] = ServedGallery(label="Samples per scale (first 64 seeds)", columns=3, format="jpeg",
+                                   object_fit="contain", height="auto", visible=lab.toy, elem_id="lab-samples")
     out["run_id"] = gr.Textbox(label="Lab run id", visible=False)
     return out

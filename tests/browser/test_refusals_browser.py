@@ -32,12 +32,12 @@ from tests.browser.test_toy_browser import toy_browser
 pytestmark = test_browser.pytestmark
 
 ALL_LOADED = "() => [...document.querySelectorAll('#decomposition img, #images img')].every(i => i.complete)"
-# Each panel's decoded width once it has loaded or failed: 0 is a broken image. The panels are scrolled into
-# view first, since the browser may defer loading an image that is out of view (the results column scrolls).
-PANELS_SETTLED = """() => { const images = [...document.querySelectorAll('#decomposition img')];
+# The four panels' decoded widths, read in one go once each has loaded or failed (a broken image is complete with
+# width 0); false until then. The panels are scrolled into view first, since the browser may defer loading an
+# image that is out of view (the results column scrolls).
+PANEL_WIDTHS = """() => { const images = [...document.querySelectorAll('#decomposition img')];
     images.forEach(i => i.scrollIntoView({block: 'nearest'}));
-    return images.length === 4 && images.every(i => i.complete); }"""
-DECOMPOSITION_SIZES = "() => [...document.querySelectorAll('#decomposition img')].map(i => i.naturalWidth)"
+    return images.length === 4 && images.every(i => i.complete) && images.map(i => i.naturalWidth); }"""
 # what each kind of defect looked like in the console
 BAD_CONSOLE = ("Infinite extent", "status of 500", "CONTENT_LENGTH")
 
@@ -81,8 +81,7 @@ def test_every_decomposition_image_loads_over_several_runs(page):
     page.get_by_label("Decomposition view").check()
     for run in range(4):
         generate_and_wait(page, 12)
-        page.wait_for_function(PANELS_SETTLED)  # loaded or failed: a broken image is complete with width 0
-        sizes = page.evaluate(DECOMPOSITION_SIZES)
+        sizes = page.wait_for_function(PANEL_WIDTHS).json_value()
         assert len(sizes) == 4 and all(size > 0 for size in sizes), f"run {run + 1}: broken panels {sizes}"
     note = page.locator("#decomposition-note").inner_text()
     assert "Opened at step" in note and "differ most" in note
