@@ -22,10 +22,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import Tensor
 
-from . import methods
 from .conditioning import PromptEmbeds, encode, encode_part
 from .decompose import Decomposition, alpha_bar, decompose, x0_difference
-from .guidance import COND, UNCOND, Mode, Part, guidance_mode, guidance_stats  # noqa: F401 (UNCOND: for callers)
+from .guidance import COND, UNCOND, Mode, Part, combine, guidance_mode, guidance_stats  # noqa: F401 (UNCOND: for callers)
 from .memory import MicroBatcher
 from .models.toy import is_toy
 from .previews import encode_image, final_images
@@ -99,15 +98,16 @@ def _plan(request: GenerationRequest, i: int, total: int) -> StepPlan:
     settings step i runs with (a forked request changes them part way: `GenerationRequest.forks`)."""
     request = request.settings_at(i)
     mode = guidance_mode(request.mode)
-    if i < mode.zero_steps(request):
+    params = mode.params_of(request)  # all the mode sees of the request
+    if i < mode.zero_steps(params):
         return StepPlan((), 0.0)  # the prediction is 0, and no UNet pass is needed for it
     if not mode.guided:
-        return StepPlan(mode.needs(1.0, request), 1.0)
+        return StepPlan(mode.needs(1.0, params), 1.0)
     if not in_interval(i, total, request.guidance_interval):
         return StepPlan((COND,), 1.0)  # outside the interval: no guidance, the conditional prediction alone
     p = progress(i, total)
     scale = scheduled_scale(request.guidance_schedule, request.guidance_scale, p, request.guidance_cutoff)
-    return StepPlan(mode.needs(scale, request), scale)
+    return StepPlan(mode.needs(scale, params), scale)
 
 
 def plan_passes(request: GenerationRequest) -> list[int]:
@@ -168,7 +168,7 @@ def _lane(pipe: StableDiffusionXLPipeline, request: GenerationRequest, rows: sli
     mode = guidance_mode(request.mode)
     if cond is None:
         cond = encode(pipe, request.prompt, request.prompt_2)
-    return _Lane(request, mode, rows, {COND: cond}, mode.new_state(request))
+    return _Lane(request, mode, rows, {COND: cond}, mode.new_state(mode.params_of(request)))
 
 
 def _lanes(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest]) -> list[_Lane]:
@@ -183,24 +183,6 @@ def _lanes(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest
         lanes.append(_lane(pipe, request, slice(start, start + len(request.seeds)), encoded[key]))
         start += len(request.seeds)
     return lanes
-
-
-def combine(settings: GenerationRequest, preds: dict[Part, Tensor], scale: float, like: Tensor,
-            state: Any = None) -> Tensor:
-    """One step's noise prediction, from the predictions its plan computed, under `settings` (mode, rescale).
-
-    No prediction: a zero-init step. One prediction where the mode guides: its formula collapses to it
-    (s = 1 or 0, or outside the interval). Otherwise the mode's formula, then guidance rescale.
-    """
-    mode = guidance_mode(settings.mode)
-    if not preds:
-        return torch.zeros_like(like)
-    if mode.guided and len(preds) == 1:
-        return next(iter(preds.values()))
-    noise_pred = mode.combine(preds, scale, settings, state)
-    if not mode.guided:
-        return noise_pred
-    return methods.rescale(noise_pred, preds[COND], settings.guidance_rescale)
 
 
 def _combine(lane: _Lane, preds: dict[Part, Tensor], scale: float, like: Tensor) -> Tensor:
