@@ -238,6 +238,14 @@ def _zero_star(preds: Predictions, scale: float, request: GenerationRequest, sta
     return methods.cfg_zero_star(preds[COND], preds[UNCOND], scale)
 
 
+def _tcfg(preds: Predictions, scale: float, request: GenerationRequest, state: Any) -> Tensor:
+    return methods.tcfg(preds[COND], preds[UNCOND], scale)
+
+
+def _magnitude_aware(preds: Predictions, scale: float, request: GenerationRequest, state: Any) -> Tensor:
+    return methods.magnitude_aware(preds[COND], preds[UNCOND], scale, request.mag_alpha)
+
+
 def _zero_init_steps(request: GenerationRequest) -> int:
     return request.zero_init_steps
 
@@ -344,6 +352,24 @@ _MODES = (
         params=(Param("zero_init_steps", "Zero-init steps", 1, (0, 200), 1,
                       "CFG-Zero*: the first steps predict zero (no UNet pass).", integer=True),),
         zero_steps=_zero_init_steps, check=_zero_star_check,
+    ),
+    Mode(
+        "tcfg", "Tangential CFG (TCFG)",
+        r"$$\hat\epsilon = \tilde\epsilon_u + s\,(\epsilon_c - \tilde\epsilon_u),\quad "
+        r"\tilde\epsilon_u = v_1 v_1^\top \epsilon_u$$ Kwon et al. (2025): $v_1$ is the first right singular "
+        r"vector of the matrix $[\epsilon_c; \epsilon_u]$. The baseline keeps only the direction it shares with the "
+        r"prompt's prediction; its tangential part, which pulls samples off the data, is dropped.",
+        _both_unless_one, _tcfg,
+    ),
+    Mode(
+        "magnitude_aware", "MAMBO-G (magnitude-aware)",
+        r"$$\hat\epsilon = \epsilon_u + s_t\,(\epsilon_c - \epsilon_u),\quad s_t = 1 + (s - 1)\,"
+        r"e^{-\alpha\,\lVert \epsilon_c - \epsilon_u \rVert / \lVert \epsilon_u \rVert}$$ MAMBO-G (2025): "
+        r"where the guidance update is large next to the baseline, at the first noisy steps, the scale falls "
+        r"towards 1; $\alpha = 0$ is plain CFG.",
+        _both_unless_one, _magnitude_aware,
+        params=(Param("mag_alpha", "MAMBO-G alpha", 8.0, (0.0, 100.0), 0.5,
+                      "α: how fast the scale falls to 1 as the update grows (0: plain CFG)."),),
     ),
     Mode(
         "weighted", "Weighted prompts",

@@ -10,9 +10,11 @@ from __future__ import annotations
 from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
 from diffusers.guiders.classifier_free_zero_star_guidance import cfg_zero_star_scale
 from diffusers.guiders.guider_utils import rescale_noise_cfg
+from diffusers.guiders.tangential_classifier_free_guidance import normalized_guidance as tangential_guidance
+import torch
 from torch import Tensor
 
-__all__ = ["MomentumBuffer", "apg", "cfg_zero_star", "rescale"]
+__all__ = ["MomentumBuffer", "apg", "cfg_zero_star", "magnitude_aware", "rescale", "tcfg"]
 
 
 def apg(
@@ -42,3 +44,28 @@ def rescale(noise_pred: Tensor, noise_pred_cond: Tensor, phi: float) -> Tensor:
     if phi == 0.0:
         return noise_pred
     return rescale_noise_cfg(noise_pred, noise_pred_cond, guidance_rescale=phi)
+
+
+def tcfg(noise_pred_cond: Tensor, noise_pred_uncond: Tensor, scale: float) -> Tensor:
+    """Tangential CFG (Kwon et al. 2025, arXiv 2503.18137, Algorithm 1): CFG from eps_u filtered by an SVD of
+    the 2-row matrix [eps_c; eps_u] per image. eps_u keeps only its component along the first right singular
+    vector (the direction both predictions share); the tangential component along the second, which the paper
+    finds carries the unconditional prediction's drift away from the data manifold, is dropped."""
+    return tangential_guidance(noise_pred_cond, noise_pred_uncond, scale)
+
+
+def magnitude_aware(noise_pred_cond: Tensor, noise_pred_uncond: Tensor, scale: float, alpha: float = 8.0) -> Tensor:
+    """MAMBO-G (arXiv 2508.03442): CFG at the per-image scale 1 + (s - 1) exp(-alpha r), where
+    r = ||eps_c - eps_u|| / ||eps_u||. A large guidance update (early, high-noise steps) is damped towards the
+    conditional prediction; alpha = 0 is plain CFG.
+
+    diffusers' `mambo_guidance` is this formula, but its `torch.norm(x, dim=[1, 2, 3])` (Frobenius over three
+    dims) raises on a 4-D prediction under torch 2.13, so the norms are written here as the vector 2-norms that
+    the Frobenius norm over those dims is; tests/parity/test_modes_parity.py runs diffusers' own function with
+    that one call fixed and finds the same numbers.
+    """
+    diff = noise_pred_cond - noise_pred_uncond
+    dims = tuple(range(1, diff.ndim))
+    ratio = torch.linalg.vector_norm(diff, dim=dims, keepdim=True) / torch.linalg.vector_norm(
+        noise_pred_uncond, dim=dims, keepdim=True)
+    return noise_pred_uncond + (1.0 + (scale - 1.0) * torch.exp(-alpha * ratio)) * diff
