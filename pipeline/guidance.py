@@ -246,6 +246,31 @@ def _magnitude_aware(preds: Predictions, scale: float, request: GenerationReques
     return methods.magnitude_aware(preds[COND], preds[UNCOND], scale, request.mag_alpha)
 
 
+def _apg_mix_state(request: GenerationRequest) -> methods.ApgMixState:
+    momentum = request.apg_mix_momentum
+    return methods.ApgMixState(methods.apg_mix_guider.MomentumBuffer(momentum) if momentum else None)
+
+
+def _apg_mix(preds: Predictions, scale: float, request: GenerationRequest, state: Any) -> Tensor:
+    if not isinstance(state, methods.ApgMixState):
+        from .request import RequestError  # here: request.py imports this module
+
+        raise RequestError("mode", "'apg_mix' counts its steps and momentum from the run's start: a step cannot be "
+                                   "recombined into it, nor a run forked into it part way")
+    step, state.step = state.step, state.step + 1
+    return methods.apg_mix(preds[COND], preds[UNCOND], scale, step, request.apg_mix_start_step, state.buffer,
+                           request.apg_mix_eta, request.apg_mix_norm_threshold)
+
+
+def _apg_mix_check(request: GenerationRequest) -> tuple[str, str] | None:
+    # Every step from the first must combine, or the step count that picks CFG or APG falls behind.
+    if request.guidance_interval[0] != 0.0:
+        return "guidance_interval", "must start at 0 in mode 'apg_mix' (it counts its steps from the first)"
+    if request.guidance_schedule != "constant":
+        return "guidance_schedule", "must be constant in mode 'apg_mix' (its start step switches CFG to APG)"
+    return None
+
+
 def _zero_init_steps(request: GenerationRequest) -> int:
     return request.zero_init_steps
 
@@ -370,6 +395,24 @@ _MODES = (
         _both_unless_one, _magnitude_aware,
         params=(Param("mag_alpha", "MAMBO-G alpha", 8.0, (0.0, 100.0), 0.5,
                       "α: how fast the scale falls to 1 as the update grows (0: plain CFG)."),),
+    ),
+    Mode(
+        "apg_mix", "APG mix (CFG, then APG)",
+        r"$$\hat\epsilon = \begin{cases}\epsilon_u + s\,\Delta & t \le t_0 \\ "
+        r"\epsilon_u + s\,(\Delta_\perp + \eta\,\Delta_\parallel) & t > t_0\end{cases}$$ "
+        r"diffusers' AdaptiveProjectedMixGuidance (HunyuanImage 2.1): plain CFG for the first steps, which set the "
+        r"composition, then APG (Sadat et al. 2024), whose momentum has followed the CFG steps all along.",
+        _both_unless_one, _apg_mix,
+        params=(
+            Param("apg_mix_start_step", "APG mix start step", 5, (0, 200), 1,
+                  "Steps 0 to this one (0-based) use CFG; APG after.", integer=True),
+            Param("apg_mix_eta", "APG mix eta", 0.0, (0.0, 1.0), 0.05, "Weight of the update's part parallel to ε_c."),
+            Param("apg_mix_momentum", "APG mix momentum", -0.5, (-1.0, 1.0), 0.05,
+                  "Momentum over steps, CFG's included (0: none)."),
+            Param("apg_mix_norm_threshold", "APG mix norm threshold", 10.0, (0.0, 100.0), 0.5,
+                  "Caps the APG update's norm (0: no cap)."),
+        ),
+        new_state=_apg_mix_state, check=_apg_mix_check,
     ),
     Mode(
         "weighted", "Weighted prompts",

@@ -7,6 +7,9 @@ buffer is created in `prepare_inputs` at step 0). Our loop owns that state inste
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from diffusers.guiders import adaptive_projected_guidance_mix as apg_mix_guider
 from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
 from diffusers.guiders.classifier_free_zero_star_guidance import cfg_zero_star_scale
 from diffusers.guiders.guider_utils import rescale_noise_cfg
@@ -14,7 +17,7 @@ from diffusers.guiders.tangential_classifier_free_guidance import normalized_gui
 import torch
 from torch import Tensor
 
-__all__ = ["MomentumBuffer", "apg", "cfg_zero_star", "magnitude_aware", "rescale", "tcfg"]
+__all__ = ["ApgMixState", "MomentumBuffer", "apg", "apg_mix", "cfg_zero_star", "magnitude_aware", "rescale", "tcfg"]
 
 
 def apg(
@@ -69,3 +72,23 @@ def magnitude_aware(noise_pred_cond: Tensor, noise_pred_uncond: Tensor, scale: f
     ratio = torch.linalg.vector_norm(diff, dim=dims, keepdim=True) / torch.linalg.vector_norm(
         noise_pred_uncond, dim=dims, keepdim=True)
     return noise_pred_uncond + (1.0 + (scale - 1.0) * torch.exp(-alpha * ratio)) * diff
+
+
+@dataclass(slots=True)
+class ApgMixState:
+    """APG-mix's per-run state: its momentum buffer (None: no momentum) and the 0-based index of the next step
+    it combines; diffusers' guider reads the index from `set_state(step=...)`, which our modes are not given."""
+
+    buffer: apg_mix_guider.MomentumBuffer | None
+    step: int = 0
+
+
+def apg_mix(noise_pred_cond: Tensor, noise_pred_uncond: Tensor, scale: float, step: int, start_step: int,
+            buffer: apg_mix_guider.MomentumBuffer | None, eta: float = 0.0, norm_threshold: float = 10.0) -> Tensor:
+    """CFG up to and including 0-based step `start_step`, then adaptive projected guidance (Sadat et al. 2024,
+    arXiv 2410.02416): diffusers' `AdaptiveProjectedMixGuidance`, as HunyuanImage 2.1 uses it. The CFG steps
+    already feed the momentum buffer, so APG starts from their running average. One scale for both phases."""
+    if step <= start_step:
+        apg_mix_guider.update_momentum_buffer(noise_pred_cond, noise_pred_uncond, buffer)
+        return noise_pred_uncond + scale * (noise_pred_cond - noise_pred_uncond)
+    return apg_mix_guider.normalized_guidance(noise_pred_cond, noise_pred_uncond, scale, buffer, eta, norm_threshold)

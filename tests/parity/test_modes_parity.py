@@ -5,16 +5,18 @@ pipeline with the guider as its component (the helpers and tolerances of test_la
     ours           diffusers
     tcfg           TangentialClassifierFreeGuidance(guidance_scale=s)
     magnitude_aware MagnitudeAwareGuidance(guidance_scale=s, alpha=mag_alpha)
+    apg_mix        AdaptiveProjectedMixGuidance(guidance_scale=s, adaptive_projected_guidance_scale=s, ...)
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from diffusers.guiders import MagnitudeAwareGuidance, TangentialClassifierFreeGuidance
+from diffusers.guiders import AdaptiveProjectedMixGuidance, MagnitudeAwareGuidance, TangentialClassifierFreeGuidance
 
 from pipeline import GenerationRequest, methods
 from pipeline.loop import COND, UNCOND, _combine, _lane, _plan
+from pipeline.request import RequestError
 from tests.parity.test_lab_parity import (
     EXACT_TOL, MODULAR_TOL, final_latents, guider_loop, modular_pipe, modular_run, random_pairs, request, step_guider,
 )
@@ -59,6 +61,19 @@ def mambo_guider(req: GenerationRequest) -> MagnitudeAwareGuidance:
                                   start=req.guidance_interval[0], stop=req.guidance_interval[1])
 
 
+def apg_mix_guider(req: GenerationRequest) -> AdaptiveProjectedMixGuidance:
+    return AdaptiveProjectedMixGuidance(
+        guidance_scale=req.guidance_scale, adaptive_projected_guidance_scale=req.guidance_scale,
+        adaptive_projected_guidance_momentum=req.apg_mix_momentum,
+        adaptive_projected_guidance_rescale=req.apg_mix_norm_threshold, eta=req.apg_mix_eta,
+        adaptive_projected_guidance_start_step=req.apg_mix_start_step, stop=req.guidance_interval[1])
+
+
+def apg_mix_request(**changes) -> GenerationRequest:
+    # a cap of 2: below the tiny UNet's and random_pairs' update norms, so APG differs from CFG
+    return request(**{"mode": "apg_mix", "apg_mix_start_step": 1, "apg_mix_norm_threshold": 2.0, **changes})
+
+
 CASES = [
     pytest.param(request(mode="tcfg"), tcfg_guider, id="tcfg"),
     pytest.param(request(mode="tcfg", guidance_interval=(0.2, 0.7)), tcfg_guider, id="tcfg-interval"),
@@ -66,6 +81,10 @@ CASES = [
     # alpha 0.05: the damping exp(-alpha r) is between 0.2 and 1 for the tiny UNet's r ~ 1..30, so it matters
     pytest.param(request(mode="magnitude_aware", mag_alpha=0.05, guidance_interval=(0.0, 0.6)), mambo_guider,
                  id="mambo-alpha0.05-interval"),
+    pytest.param(apg_mix_request(), apg_mix_guider, id="apg_mix"),
+    pytest.param(apg_mix_request(apg_mix_start_step=3, apg_mix_eta=0.5, apg_mix_momentum=0.3,
+                                 guidance_interval=(0.0, 0.75)), apg_mix_guider, id="apg_mix-stop"),
+    pytest.param(apg_mix_request(apg_mix_momentum=0.0), apg_mix_guider, id="apg_mix-no-momentum"),
 ]
 
 
@@ -79,7 +98,7 @@ def test_loop_step_logic_matches_diffusers_guider(tiny_pipe, req, make_guider):
     diffusers function on the same tensors; measured max difference 0.0)."""
     total = 8
     guider = make_guider(req)
-    lane = _lane(tiny_pipe, req, slice(0, 2))
+    lane = _lane(tiny_pipe, req, slice(0, 2))  # a fresh per-run state, as the loop makes it
     for i, (cond, uncond) in enumerate(random_pairs(total, seed=1)):
         step_guider(guider, i, total)
         parts, scale = _plan(req, i, total)
@@ -122,6 +141,8 @@ RUN_CASES = [
     pytest.param(request(mode="tcfg", guidance_interval=(0.2, 1.0)), tcfg_guider, "dpmpp_2m", id="tcfg-dpmpp_2m"),
     pytest.param(request(mode="magnitude_aware", mag_alpha=0.05), mambo_guider, "euler", id="mambo-euler"),
     pytest.param(request(mode="magnitude_aware", mag_alpha=0.05), mambo_guider, "euler_a", id="mambo-euler_a"),
+    pytest.param(apg_mix_request(), apg_mix_guider, "euler", id="apg_mix-euler"),
+    pytest.param(apg_mix_request(apg_mix_start_step=2), apg_mix_guider, "dpmpp_2m", id="apg_mix-dpmpp_2m"),
 ]
 
 
@@ -141,3 +162,23 @@ def test_run_matches_diffusers_modular_pipeline_with_the_guider(tiny_pipe, modul
     # the guider matters here: plain CFG at the same scale lands far from it
     plain = final_latents(tiny_pipe, request(guidance_scale=req.guidance_scale, scheduler=scheduler))
     assert (plain - expected).abs().max() > 1e-2
+
+
+def test_apg_mix_is_cfg_up_to_its_start_step_then_apg():
+    cond, uncond = random_pairs(1, seed=7)[0]
+    cfg = uncond + 5.0 * (cond - uncond)
+    for step in (0, 2):
+        torch.testing.assert_close(methods.apg_mix(cond, uncond, 5.0, step, 2, None), cfg)
+    apg = methods.apg(cond, uncond, 5.0, None, eta=0.0, norm_threshold=10.0)
+    torch.testing.assert_close(methods.apg_mix(cond, uncond, 5.0, 3, 2, None), apg)
+    assert (apg - cfg).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(guidance_interval=(0.2, 1.0)), "guidance_interval"),
+    (dict(guidance_schedule="linear"), "guidance_schedule"),
+])
+def test_apg_mix_refuses_settings_that_skip_its_first_steps(changes, field):
+    with pytest.raises(RequestError) as error:
+        apg_mix_request(**changes)
+    assert error.value.field == field
