@@ -56,3 +56,22 @@ def pred_original_sample(scheduler: SchedulerMixin, output: Any) -> torch.Tensor
     ):
         return scheduler.model_outputs[-1]
     raise ValueError(f"scheduler: {type(scheduler).__name__} gives no clean-latent estimate for previews")
+
+
+def step_sigmas(scheduler: SchedulerMixin, timestep: torch.Tensor) -> tuple[float, float]:
+    """(sigma at this step, sigma where it lands), sigma = sqrt((1 - alpha_bar) / alpha_bar) (Karras et al. 2022,
+    eq. 1): what a mode's step rule reads (CFG++). Call after `scale_model_input`, before `step`.
+
+    Sigma-based schedulers (Euler, Euler ancestral, DPM-Solver++) hold their sigmas; DDIM lands on the timestep
+    `num_train_timesteps // num_inference_steps` earlier, or on `final_alpha_cumprod` past the first one.
+    """
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and hasattr(scheduler, "step_index"):
+        if scheduler.step_index is None:
+            scheduler._init_step_index(timestep)  # what `step` would do first; Euler did it in scale_model_input
+        index = scheduler.step_index
+        return float(sigmas[index]), float(sigmas[index + 1])
+    alphas = scheduler.alphas_cumprod
+    previous = int(timestep) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    a, a_next = float(alphas[int(timestep)]), float(alphas[previous] if previous >= 0 else scheduler.final_alpha_cumprod)
+    return ((1 - a) / a) ** 0.5, ((1 - a_next) / a_next) ** 0.5

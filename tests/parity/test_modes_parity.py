@@ -14,7 +14,11 @@ import pytest
 import torch
 from diffusers.guiders import AdaptiveProjectedMixGuidance, MagnitudeAwareGuidance, TangentialClassifierFreeGuidance
 
-from pipeline import GenerationRequest, methods
+from pipeline import GenerationRequest
+from pipeline.guidance.modes.apg import apg
+from pipeline.guidance.modes.apg_mix import apg_mix
+from pipeline.guidance.modes.magnitude_aware import magnitude_aware
+from pipeline.guidance.modes.tcfg import tcfg
 from pipeline.loop import COND, UNCOND, _combine, _lane, _plan
 from pipeline.request import RequestError
 from tests.parity.test_lab_parity import (
@@ -42,7 +46,7 @@ def diffusers_mambo_runs(monkeypatch):
 
 def test_diffusers_mambo_needs_the_norm_fix(monkeypatch):
     """If this fails, diffusers or torch fixed the call: drop the fixture, and let
-    pipeline.methods.magnitude_aware call diffusers' `mambo_guidance`."""
+    pipeline.magnitude_aware call diffusers' `mambo_guidance`."""
     from diffusers.guiders.magnitude_aware_guidance import mambo_guidance
 
     monkeypatch.setattr(torch, "norm", _torch_norm)
@@ -108,12 +112,12 @@ def test_loop_step_logic_matches_diffusers_guider(tiny_pipe, req, make_guider):
                                    atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("formula", [methods.tcfg, lambda c, u, s: methods.magnitude_aware(c, u, s, 0.05)])
+@pytest.mark.parametrize("formula", [tcfg, lambda c, u, s: magnitude_aware(c, u, s, 0.05)])
 def test_new_formulas_are_not_cfg_and_scale_one_is_cond(formula):
     cond, uncond = random_pairs(1, seed=4)[0]
     cfg = uncond + 5.0 * (cond - uncond)
     assert (formula(cond, uncond, 5.0) - cfg).abs().max() > 0.1  # each changes CFG on these predictions
-    if formula is methods.tcfg:
+    if formula is tcfg:
         # TCFG filters eps_u even at s = 1; the loop never combines there (one UNet pass: eps_c itself)
         assert _plan(request(mode="tcfg", guidance_scale=1.0), 0, 5).parts == (COND,)
     else:
@@ -124,13 +128,13 @@ def test_tcfg_with_equal_predictions_is_the_prediction():
     """[eps; eps] has rank 1: its first singular vector is eps's direction, so nothing is filtered."""
     cond = random_pairs(1, seed=5)[0][0]
     # float32 SVD: measured max difference 1.6e-5 on values up to ~4
-    torch.testing.assert_close(methods.tcfg(cond, cond.clone(), 7.0), cond, atol=1e-4, rtol=0)
+    torch.testing.assert_close(tcfg(cond, cond.clone(), 7.0), cond, atol=1e-4, rtol=0)
 
 
 def test_magnitude_aware_scale_falls_with_the_update():
     """The effective scale is 1 + (s - 1) exp(-alpha r) per image, r = ||eps_c - eps_u|| / ||eps_u||."""
     cond, uncond = random_pairs(1, seed=6)[0]
-    out = methods.magnitude_aware(cond, uncond, 5.0, alpha=0.5)
+    out = magnitude_aware(cond, uncond, 5.0, alpha=0.5)
     r = (cond - uncond).flatten(1).norm(dim=1) / uncond.flatten(1).norm(dim=1)
     s_t = 1 + 4.0 * torch.exp(-0.5 * r)
     torch.testing.assert_close(out, uncond + s_t.view(-1, 1, 1, 1) * (cond - uncond), atol=1e-5, rtol=1e-5)
@@ -168,10 +172,10 @@ def test_apg_mix_is_cfg_up_to_its_start_step_then_apg():
     cond, uncond = random_pairs(1, seed=7)[0]
     cfg = uncond + 5.0 * (cond - uncond)
     for step in (0, 2):
-        torch.testing.assert_close(methods.apg_mix(cond, uncond, 5.0, step, 2, None), cfg)
-    apg = methods.apg(cond, uncond, 5.0, None, eta=0.0, norm_threshold=10.0)
-    torch.testing.assert_close(methods.apg_mix(cond, uncond, 5.0, 3, 2, None), apg)
-    assert (apg - cfg).abs().max() > 0.1
+        torch.testing.assert_close(apg_mix(cond, uncond, 5.0, step, 2, None), cfg)
+    projected = apg(cond, uncond, 5.0, None, eta=0.0, norm_threshold=10.0)
+    torch.testing.assert_close(apg_mix(cond, uncond, 5.0, 3, 2, None), projected)
+    assert (projected - cfg).abs().max() > 0.1
 
 
 @pytest.mark.parametrize("changes, field", [
