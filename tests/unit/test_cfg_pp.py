@@ -12,7 +12,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from pipeline import GenerationRequest, generate
-from pipeline.guidance.modes.cfg_pp import cfg_pp_step_prediction, equivalent_scale
+from pipeline.guidance.modes.cfg_pp import cfg_pp_step_prediction, equivalent_scale, equivalent_scales, run_sigmas
 from pipeline.request import RequestError
 from pipeline.schedulers import SCHEDULER_CLASSES, step_sigmas
 
@@ -52,18 +52,18 @@ def test_cfg_pp_is_cfg_at_the_equivalent_scale_on_every_step(tiny_pipe, name):
             scheduler._step_index += 1
 
 
-def test_the_equivalent_scale_grows_with_the_number_of_steps(tiny_pipe):
-    """Smaller steps, larger w_t: why the same l guides harder with more steps."""
-    def mean_scale(steps):
-        scheduler = scheduler_of(tiny_pipe, "euler", steps)
-        scales = []
-        for t in scheduler.timesteps[:-1]:
-            scheduler.scale_model_input(torch.zeros(1, 4, 2, 2), t)
-            scales.append(equivalent_scale(0.5, *step_sigmas(scheduler, t)))
-            scheduler._step_index += 1
-        return sum(scales) / len(scales)
+@pytest.mark.parametrize("name", ["euler", "ddim"])
+def test_the_equivalent_scale_grows_with_the_number_of_steps(tiny_pipe, name):
+    """Smaller steps, larger w_t: why the same l guides harder with more steps. Euler's last step lands on
+    sigma 0, where w_t = l (DDIM's lands on SDXL's final alpha_bar = alpha_bar[0], sigma 0.03, not 0)."""
+    def scales(steps):
+        return equivalent_scales(0.5, run_sigmas(SCHEDULER_CLASSES[name].from_config(tiny_pipe.scheduler.config), steps))
 
-    assert mean_scale(10) * 2 < mean_scale(50)
+    ten, fifty = scales(10), scales(50)
+    assert len(ten) == 10 and len(fifty) == 50
+    assert sum(ten) / 10 * 2 < sum(fifty) / 50
+    if name == "euler":
+        assert ten[-1] == 0.5
 
 
 def cfg_pp_hand_loop(pipe, name: str, lam: float) -> torch.Tensor:

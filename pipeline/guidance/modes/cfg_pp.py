@@ -30,6 +30,26 @@ def equivalent_scale(lam: float, sigma: float, sigma_next: float) -> float:
     return lam * sigma / (sigma - sigma_next)
 
 
+def equivalent_scales(lam: float, sigmas: list[tuple[float, float]]) -> list[float]:
+    """w_t of every step, from each step's (sigma, sigma_next) (`pipeline.schedulers.step_sigmas`): the curve a
+    schedule plot shows for CFG++ in place of the constant l."""
+    return [equivalent_scale(lam, sigma, sigma_next) for sigma, sigma_next in sigmas]
+
+
+def run_sigmas(scheduler: Any, steps: int) -> list[tuple[float, float]]:
+    """(sigma, sigma_next) of every step of a `steps`-step run of `scheduler` (a fresh one: this sets its
+    timesteps), as the loop's step rule sees them."""
+    from ...schedulers import step_sigmas  # not at import: pipeline.schedulers is not part of the mode table
+
+    scheduler.set_timesteps(steps)
+    sigmas = []
+    for t in scheduler.timesteps:
+        sigmas.append(step_sigmas(scheduler, t))
+        if getattr(scheduler, "step_index", None) is not None:  # sigma-based: where its step() would move on
+            scheduler._step_index += 1
+    return sigmas
+
+
 def cfg_pp_step_prediction(guided: Tensor, noise_pred_uncond: Tensor, sigma: float, sigma_next: float) -> Tensor:
     """The prediction a first-order step takes CFG++'s step with: x0 from `guided` (eps_l), renoised with eps_u.
     From x/sqrt(abar) - sigma eps_l + sigma_next eps_u = x/sqrt(abar) + (sigma_next - sigma) eps'."""
