@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import retrieve_timesteps
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
@@ -31,7 +31,7 @@ from .denoiser import Conditioning, Denoiser, execution_device
 from .models.toy import is_toy
 from .previews import encode_image, final_images
 from .request import GenerationRequest, RequestError
-from .schedulers import make_scheduler, pred_original_sample, step_kwargs, step_sigmas
+from .schedulers import SCHEDULER_TABLE, make_scheduler, pred_original_sample, step_kwargs, step_sigmas
 from .schedules import in_interval, progress, scheduled_scale
 
 
@@ -399,9 +399,11 @@ def _resume(scheduler, resume: Resume, lane_generators: list[list[torch.Generato
     """
     if not 1 <= resume.step < total:
         raise ValueError(f"resume: step must be from 1 to {total - 1}, got {resume.step}")
-    if isinstance(scheduler, DPMSolverMultistepScheduler):
-        raise ValueError("scheduler: a run can continue from a step with euler, euler_a or ddim; dpmpp_2m keeps "
-                         "the previous steps' outputs")
+    entry = next(e for e in SCHEDULER_TABLE.values() if isinstance(scheduler, e.cls))
+    if not entry.resumable:
+        resumable = [e.name for e in SCHEDULER_TABLE.values() if e.resumable]
+        raise ValueError(f"scheduler: a run can continue from a step with {', '.join(resumable[:-1])} or "
+                         f"{resumable[-1]}; {entry.name} keeps the previous steps' outputs")
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index((scheduler.begin_index or 0) + resume.step * scheduler.order)
     generators = [g for gens in lane_generators for g in gens]

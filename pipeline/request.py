@@ -15,10 +15,10 @@ from PIL import Image
 from torch import Tensor
 
 from .guidance import GUIDANCE_MODES, MODE_PARAMS
+from .schedulers import SCHEDULERS
 from .schedules import SCHEDULES
 
 MODES: tuple[str, ...] = tuple(GUIDANCE_MODES)  # the table of modes (pipeline/guidance/modes/), in its order
-SCHEDULERS: tuple[str, ...] = ("euler", "euler_a", "ddim", "dpmpp_2m")
 UNCONDS: tuple[str, ...] = ("zeros", "empty")
 
 STEPS_RANGE = (1, 200)

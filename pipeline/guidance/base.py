@@ -197,6 +197,18 @@ def two(baseline: Part) -> Callable[[float, Params], tuple[Part, ...]]:
     return needs
 
 
+def alone(part: Part) -> tuple[Callable[[float, Params], tuple[Part, ...]], Combine]:
+    """`needs` and `combine` of a mode that is one prediction alone, whatever the scale (one UNet pass)."""
+
+    def needs(scale: float, params: Params) -> tuple[Part, ...]:
+        return (part,)
+
+    def combine(preds: Predictions, scale: float, params: Params, state: Any) -> Tensor:
+        return preds[part]
+
+    return needs, combine
+
+
 def both_unless_one(scale: float, params: Params) -> tuple[Part, ...]:
     """APG and CFG-Zero* reduce to the prompt's prediction at s = 1 only."""
     return (COND,) if scale == 1.0 else (UNCOND, COND)

@@ -15,27 +15,11 @@ from pipeline.inversion import invert
 from pipeline.loop import make_generators  # noqa: F401 (the loop is importable beside the denoiser)
 from pipeline.memory import CHUNK_ENV
 from pipeline.schedulers import make_scheduler, step_sigmas
+from tests.unit.test_guidance import UNetCallCounter
 
 # Exact where both run the same rows in the same calls; a chunked call reorders nothing, but the UNet's matmuls
 # over 1 row and over 2 rows may round differently in float32.
 CHUNKED_TOL = dict(atol=1e-5, rtol=1e-5)
-
-
-class CallCounter:
-    def __init__(self, unet):
-        self.unet, self.rows = unet, []
-        self.original = unet.forward
-
-    def __enter__(self):
-        def forward(sample, *args, **kwargs):
-            self.rows.append(len(sample))
-            return self.original(sample, *args, **kwargs)
-
-        self.unet.forward = forward
-        return self
-
-    def __exit__(self, *exc):
-        self.unet.forward = self.original
 
 
 def test_inversion_goes_through_the_denoisers_micro_batching(tiny_pipe, monkeypatch):
@@ -44,9 +28,9 @@ def test_inversion_goes_through_the_denoisers_micro_batching(tiny_pipe, monkeypa
     image = Image.new("RGB", (64, 64), (200, 80, 40))
     whole = invert(tiny_pipe, image, "a fox", steps=3, guidance_scale=5.0, width=64, height=64)
     monkeypatch.setenv(CHUNK_ENV, "1")
-    with CallCounter(tiny_pipe.unet) as calls:
+    with UNetCallCounter(tiny_pipe.unet) as calls:
         chunked = invert(tiny_pipe, image, "a fox", steps=3, guidance_scale=5.0, width=64, height=64)
-    assert calls.rows == [1] * 6  # 3 steps x 2 passes, one row per call
+    assert calls.batches == [1] * 6  # 3 steps x 2 passes, one row per call
     torch.testing.assert_close(chunked.noise, whole.noise, **CHUNKED_TOL)
 
 

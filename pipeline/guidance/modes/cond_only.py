@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import Tensor
-
-from ..base import COND, Mode, Params, Part, Predictions
+from ..base import COND, Mode, alone
 
 ORDER = 50
 
-
-def needs(scale: float, params: Params) -> tuple[Part, ...]:
-    return (COND,)
-
-
-def combine(preds: Predictions, scale: float, params: Params, state: Any) -> Tensor:
-    """The conditional prediction alone: what the model does with no guidance (diffusers at s <= 1)."""
-    return preds[COND]
-
+# The conditional prediction alone: what the model does with no guidance (diffusers at s <= 1).
+needs, combine = alone(COND)
 
 MODE = Mode(
     "cond_only", "Conditional only",

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import Tensor
-
-from ..base import UNCOND, Mode, Params, Part, Predictions
+from ..base import UNCOND, Mode, alone
 
 ORDER = 60
 
-
-def needs(scale: float, params: Params) -> tuple[Part, ...]:
-    return (UNCOND,)
-
-
-def combine(preds: Predictions, scale: float, params: Params, state: Any) -> Tensor:
-    """The baseline prediction alone: the model's unconditional sample."""
-    return preds[UNCOND]
-
+# The baseline prediction alone: the model's unconditional sample.
+needs, combine = alone(UNCOND)
 
 MODE = Mode(
     "uncond_only", "Unconditional only",
