@@ -122,3 +122,17 @@ def test_cfg_pp_refuses_what_its_identity_does_not_cover(changes, field):
     with pytest.raises(RequestError) as error:
         GenerationRequest(**{"prompt": PROMPT, "mode": "cfg_pp", "guidance_scale": 0.5, **changes})
     assert error.value.field == field
+
+
+def test_whatif_recombines_a_cfg_run_into_cfg_pp_without_the_unet(tiny_pipe):
+    """A CFG step's two cached predictions are all CFG++ needs: its clean estimate is x0 of eps_u + l (eps_c - eps_u),
+    the same as CFG's at scale l (the renoising, which differs, is the next step's business)."""
+    from pipeline.whatif import RunCache, whatif
+
+    req = GenerationRequest(prompt=PROMPT, steps=STEPS, seeds=SEEDS, width=64, height=64, scheduler="euler")
+    cache = RunCache(tiny_pipe, req)
+    list(cache.consume(generate(tiny_pipe, req, record=True)))
+    assert "cfg_pp" not in cache.modes_at(3)  # at the step's own scale, 7.5: no λ
+    pp, cfg = whatif(cache, 3, 0.6, "cfg_pp"), whatif(cache, 3, 0.6, "cfg")
+    torch.testing.assert_close(pp.pred_x0, cfg.pred_x0, atol=0, rtol=0)
+    assert pp.difference_norm.min() > 0
