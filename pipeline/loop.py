@@ -414,11 +414,11 @@ def _resume(scheduler, resume: Resume, lane_generators: list[list[torch.Generato
         generator.set_state(state)
 
 
-def _step_info(scheduler, t: Tensor, lanes: list[_Lane], i: int, prediction_type: str) -> StepInfo | None:
-    """What a mode's step rule reads about step i; None (and nothing computed) where no lane's mode has one."""
-    if all(guidance_mode(lane.request.settings_at(i).mode).step_rule is None for lane in lanes):
+def _step_info(scheduler, t: Tensor, settings: list[GenerationRequest], prediction_type: str) -> StepInfo | None:
+    """What a mode's step rule reads about this step; None (and nothing computed) where no lane's mode has one."""
+    if all(guidance_mode(lane.mode).step_rule is None for lane in settings):
         return None
-    return StepInfo(lanes[0].request.scheduler, *step_sigmas(scheduler, t), prediction_type)
+    return StepInfo(settings[0].scheduler, *step_sigmas(scheduler, t), prediction_type)
 
 
 @torch.no_grad()
@@ -466,9 +466,10 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
         scaled = scheduler.scale_model_input(latents, t)  # the variance-preserving model input, (B, 4, H/f, W/f)
         preds = unet(scaled, t, plans)
         alpha = alpha_bar(scheduler, t)  # before step() moves the scheduler's index
-        info = _step_info(scheduler, t, lanes, i, prediction_type)
-        steps = [_lane_step(lane, plan, lane.request.settings_at(i), lane_preds, latents, scaled, alpha, prediction_type,
-                            info) for lane, plan, lane_preds in zip(lanes, plans, preds)]
+        settings = [lane.request.settings_at(i) for lane in lanes]
+        info = _step_info(scheduler, t, settings, prediction_type)
+        steps = [_lane_step(lane, plan, lane_settings, lane_preds, latents, scaled, alpha, prediction_type, info)
+                 for lane, plan, lane_settings, lane_preds in zip(lanes, plans, settings, preds)]
         output = scheduler.step(torch.cat([s.noise_pred for s in steps]), t, latents, **extra)  # once: it keeps state
         records = _records(lanes, steps, preds, lane_generators) if record else [None] * len(lanes)
         latents, x0 = output.prev_sample, pred_original_sample(scheduler, output)
