@@ -117,7 +117,11 @@ def test_perp_neg_runs_with_its_negative_scale(client):
 # A value per mode parameter that visibly changes the tiny model's image at SMALL's settings (its guidance
 # differences have norms below 1, so APG's cap must be lower than that to bite). A new parameter in the table of
 # modes fails the coverage check below until it gets one.
-CHANGED = dict(perp_neg_scale=3.0, apg_eta=1.0, apg_momentum=0.5, apg_norm_threshold=0.5, zero_init_steps=2)
+# The settings each mode's parameters are changed from: APG mix's default start step (5) is past SMALL's steps,
+# where its other parameters have no step to act on.
+BASE = {"apg_mix": dict(apg_mix_start_step=0)}
+CHANGED = dict(perp_neg_scale=3.0, apg_eta=1.0, apg_momentum=0.5, apg_norm_threshold=0.5, zero_init_steps=2,
+               mag_alpha=0.05, apg_mix_start_step=2, apg_mix_eta=1.0, apg_mix_momentum=0.5, apg_mix_norm_threshold=0.05)
 
 
 def test_every_mode_parameter_reaches_the_run_through_the_api(client):
@@ -130,11 +134,11 @@ def test_every_mode_parameter_reaches_the_run_through_the_api(client):
     for mode in GUIDANCE_MODES.values():
         if not mode.params:
             continue
-        common = dict(mode=mode.name, negative_prompt="a planet", num_seeds=1)
+        common = dict(mode=mode.name, negative_prompt="a planet", num_seeds=1, **BASE.get(mode.name, {}))
         baseline = run(client, **common)[-1][4][0]["path"]
         for param in mode.params:
-            assert CHANGED[param.name] != param.default
-            path = run(client, **common, **{param.name: CHANGED[param.name]})[-1][4][0]["path"]
+            assert CHANGED[param.name] != common.get(param.name, param.default)
+            path = run(client, **{**common, param.name: CHANGED[param.name]})[-1][4][0]["path"]
             request, _ = read_settings(path)
             assert getattr(request, param.name) == CHANGED[param.name], param.name
             assert not np.array_equal(served({"path": path}), served({"path": baseline})), param.name

@@ -20,6 +20,8 @@ BATCH_TOL = dict(atol=1e-4, rtol=1e-5)
 def request_for(mode: str, **changes) -> GenerationRequest:
     base = dict(prompt="an otter", negative_prompt="a planet", mode=mode,
                 weighted_prompts=(("an otter", 2.0), ("a river", 0.5)) if mode == "weighted" else ())
+    if mode == "cfg_pp":  # its scale is λ in [0, 1]
+        base["guidance_scale"] = 0.6
     return GenerationRequest(**{**base, **SMALL, **changes})
 
 

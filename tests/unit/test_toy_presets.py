@@ -104,6 +104,37 @@ def claims_perp_neg(pipe, r, note):
     assert {seed: i.colour for seed, i in zip(r.seeds, custom) if i.colour != "red"} == {2: "yellow", 7: "blue"}
 
 
+def sizes(items: list[Item]) -> list[str]:
+    return [i.size for i in items]
+
+
+CFG_RED_CIRCLES = ["big", "small", "big", "big", "big", "big", "big", "small"]  # CFG at 7.5 on seeds 1..8
+SPREAD_RED_CIRCLES = ["small", "small", "big", "big", "big", "big", "small", "small"]
+
+
+def claims_tangential_cfg(pipe, r, note):
+    says(note, 'On seeds 1 to 8, "red circle" gives red circles on every seed, four small (seeds 1, 2, 7 and 8) '
+               'and four big', 'still eight red circles, but six big ones; only seeds 2 and 8 stay small')
+    assert r.mode == "tcfg" and r.guidance_scale == 7.5 and r.seeds == tuple(range(1, 9))
+    tcfg = land(pipe, r)
+    assert {(i.colour, i.shape) for i in tcfg} == {("red", "circle")} and sizes(tcfg) == SPREAD_RED_CIRCLES
+    cfg = land(pipe, r, mode="cfg")
+    assert {(i.colour, i.shape) for i in cfg} == {("red", "circle")} and sizes(cfg) == CFG_RED_CIRCLES
+
+
+def claims_cfg_pp(pipe, r, note):
+    says(note, 'CFG++ at λ = 0.6 over 30 Euler steps',
+         'On seeds 1 to 8, "red circle" gives red circles on every seed, four small (seeds 1, 2, 7 and 8) and four big',
+         'Switch the mode to Standard CFG at 7.5, same seeds: six big ones; only seeds 2 and 8 stay small',
+         'Standard CFG at 0.6 guides away from the prompt, and only seeds 1 and 6 give a red circle')
+    assert (r.mode, r.guidance_scale, r.steps, r.scheduler) == ("cfg_pp", 0.6, 30, "euler")
+    pp = land(pipe, r)
+    assert {(i.colour, i.shape) for i in pp} == {("red", "circle")} and sizes(pp) == SPREAD_RED_CIRCLES
+    assert sizes(land(pipe, r, mode="cfg", guidance_scale=7.5)) == CFG_RED_CIRCLES
+    low = land(pipe, r, mode="cfg")
+    assert [seed for seed, i in zip(r.seeds, low) if (i.colour, i.shape) == ("red", "circle")] == [1, 6]
+
+
 CLAIMS = {
     "01-standard-cfg": claims_standard_cfg,
     "02-reversed-guidance": claims_reversed,
@@ -112,6 +143,8 @@ CLAIMS = {
     "05-ddim-eta-0": claims_ddim_eta_0,
     "06-ddim-eta-1": claims_ddim_eta_1,
     "07-perp-neg": claims_perp_neg,
+    "08-tangential-cfg": claims_tangential_cfg,
+    "09-cfg-pp": claims_cfg_pp,
 }
 
 

@@ -34,7 +34,8 @@ def test_whatif_at_the_runs_own_scale_is_the_recorded_pred_x0(tiny_pipe):
 
 
 @pytest.mark.parametrize("scheduler", ["euler", "ddim"])
-@pytest.mark.parametrize("scale, mode", [(3.0, None), (0.0, None), (4.0, "reversed"), (1.0, "cond_only")])
+@pytest.mark.parametrize("scale, mode", [(3.0, None), (0.0, None), (4.0, "reversed"), (1.0, "cond_only"),
+                                         (5.0, "tcfg"), (5.0, "magnitude_aware")])
 def test_whatif_at_step_one_is_what_a_run_at_that_setting_predicts(tiny_pipe, scheduler, scale, mode):
     # Step 1 starts from the same x_T whatever the guidance, so a real run at the new settings is the oracle.
     cache, events = cached_run(tiny_pipe, request(scheduler=scheduler))
@@ -42,6 +43,15 @@ def test_whatif_at_step_one_is_what_a_run_at_that_setting_predicts(tiny_pipe, sc
     alt = whatif(cache, 1, scale, mode)
     torch.testing.assert_close(alt.pred_x0, other.pred_x0, rtol=1e-5, atol=1e-5)
     assert alt.difference_norm.min() > 0  # the new setting does change the estimate
+
+
+def test_apg_mix_is_not_recombined_part_way(tiny_pipe):
+    """APG mix picks CFG or APG by its step count and carries momentum from the run's start: a what-if of one
+    cached step has neither, so it is refused by name rather than guessed."""
+    cache, _ = cached_run(tiny_pipe, request())
+    with pytest.raises(ValueError, match="mode: 'apg_mix' counts its steps"):
+        whatif(cache, 3, 5.0, "apg_mix")
+    assert "apg_mix" not in cache.modes_at(3) and {"tcfg", "magnitude_aware"} <= set(cache.modes_at(3))
 
 
 def test_whatif_names_what_the_step_did_not_compute(tiny_pipe):
@@ -158,7 +168,9 @@ def test_whatif_of_a_single_pass_or_zero_init_step(tiny_pipe):
     single, events = cached_run(tiny_pipe, request(guidance_scale=1.0))  # one pass: the prompt's prediction
     alt = whatif(single, 2, 1.0)
     torch.testing.assert_close(alt.pred_x0, events[1].pred_x0, rtol=0, atol=1e-6)
-    assert set(single.modes_at(2)) == {"cfg", "cond_only", "apg", "cfg_zero_star"}  # each is eps_c alone at s = 1
+    # each is eps_c alone at s = 1
+    assert set(single.modes_at(2)) == {"cfg", "cond_only", "apg", "cfg_zero_star", "tcfg", "magnitude_aware",
+                                       "apg_mix"}
     # CFG-Zero*'s zero-init steps predict 0 (Fan et al. 2025): whatever the scale, the estimate is the recorded one.
     zero, events = cached_run(tiny_pipe, request(mode="cfg_zero_star", zero_init_steps=1))
     assert zero.entry(1).predictions == {}

@@ -1,0 +1,75 @@
+"""FDG: Frequency-Decoupled Guidance, Sadat et al. (2025, arXiv 2506.19713, Algorithm 2) ↔ diffusers
+`FrequencyDecoupledGuidance(guidance_scales=...)`, here without kornia.
+
+NOT YET A MODE (the leading "_" keeps it out of the table): its parameter `fdg_scales` is one scale per pyramid
+level, a tuple, and a mode's `Param` is one number. With a tuple-valued Param (request field, range check per
+entry, one control per level, JSON list in metadata and links), this file becomes `fdg.py` with
+`MODE = Mode("fdg", ..., needs, combine, params=(Param("fdg_scales", ..., default=(10.0, 5.0)),))`.
+
+diffusers builds the Laplacian pyramid with kornia (`build_laplacian_pyramid`, `pyrup`), which is not a
+requirement here; the pyramid is small, so it is written below with kornia's numerics: a 5x5 binomial blur
+([1, 4, 6, 4, 1] / 16 in each direction) over reflect padding, bilinear resizing (align_corners False), and
+kornia's padding to the next power of two where a side would not halve evenly. tests/parity/test_fdg_parity.py
+checks it against kornia and the whole formula against diffusers' guider, where kornia is installed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DEFAULT_SCALES = (10.0, 5.0)  # diffusers' defaults: the highest-frequency level first
+
+
+def _blur(x: Tensor) -> Tensor:
+    """kornia's `filter2d` with its pyramid kernel: depthwise 5x5 binomial over reflect padding."""
+    taps = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=x.dtype, device=x.device)
+    kernel = (torch.outer(taps, taps) / 256.0).expand(x.shape[1], 1, 5, 5)
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), kernel, groups=x.shape[1])
+
+
+def pyrdown(x: Tensor) -> Tensor:
+    """Blur, then halve each side (floor), as kornia's `pyrdown`."""
+    return F.interpolate(_blur(x), size=(x.shape[-2] // 2, x.shape[-1] // 2), mode="bilinear", align_corners=False)
+
+
+def pyrup(x: Tensor) -> Tensor:
+    """Double each side, then blur, as kornia's `pyrup`."""
+    return _blur(F.interpolate(x, size=(x.shape[-2] * 2, x.shape[-1] * 2), mode="bilinear", align_corners=False))
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def laplacian_pyramid(x: Tensor, levels: int) -> list[Tensor]:
+    """Burt & Adelson's Laplacian pyramid, highest frequency first; the last entry is the coarsest Gaussian
+    level. Padded (reflect) to the next power of two per side exactly where kornia's `build_laplacian_pyramid`
+    pads; `fdg` crops its result back."""
+    h, w = x.shape[-2:]
+    stride = 1 << (levels - 1)
+    if not (_power_of_two(w) or _power_of_two(h)) or (levels > 1 and (h % stride or w % stride)):
+        x = F.pad(x, (0, (1 << (w - 1).bit_length()) - w, 0, (1 << (h - 1).bit_length()) - h), mode="reflect")
+    gaussian = [x]
+    for _ in range(levels - 1):
+        gaussian.append(pyrdown(gaussian[-1]))
+    return [fine - pyrup(coarse) for fine, coarse in zip(gaussian, gaussian[1:])] + [gaussian[-1]]
+
+
+def image_from_pyramid(pyramid: list[Tensor]) -> Tensor:
+    """The inverse: from the coarsest level, upsample and add each finer level (Algorithm 2 of the paper)."""
+    image = pyramid[-1]
+    for level in reversed(pyramid[:-1]):
+        image = pyrup(image) + level
+    return image
+
+
+def fdg(noise_pred_cond: Tensor, noise_pred_uncond: Tensor, scales: tuple[float, ...]) -> Tensor:
+    """Frequency-decoupled guidance (Sadat et al. 2025, arXiv 2506.19713): CFG on each level of the two
+    predictions' Laplacian pyramids with that level's scale, highest frequency first, then the pyramid
+    inverted. The paper's SDXL setting: 10 on the fine details, 5 on the coarse layout and colour."""
+    cond, uncond = laplacian_pyramid(noise_pred_cond, len(scales)), laplacian_pyramid(noise_pred_uncond, len(scales))
+    guided = [u + s * (c - u) for c, u, s in zip(cond, uncond, scales)]
+    h, w = noise_pred_cond.shape[-2:]
+    return image_from_pyramid(guided)[..., :h, :w]
