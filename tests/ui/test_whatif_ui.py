@@ -14,7 +14,7 @@ from pipeline.metadata import read_settings
 from pipeline.presets import load_presets
 from ui import Handlers
 from ui.controls import CONTROL_NAMES
-from ui.explore_tab import GENERATE_OUTPUTS, Explore
+from ui.explore import GENERATE_OUTPUTS, Explore
 from ui.handlers import WhatIfStore
 from ui.whatif import WhatIfPanel, difference_image
 
@@ -66,7 +66,7 @@ def test_the_whatif_at_the_runs_own_scale_is_the_recorded_step_and_another_scale
     assert [caption for _, caption in same] == ["seed 1 · s 7.5 · step 3", "seed 1 · Δ",
                                                 "seed 2 · s 7.5 · step 3", "seed 2 · Δ"]
     recorded = finished.whatif.entry(3).pred_x0
-    decoded = panel.explore.decoder("linear")(recorded)
+    decoded = panel.runs.decoder("linear")(recorded)
     assert np.abs(pixels(same[0][0]) - pixels(decoded[0])).max() == 0
     assert np.abs(pixels(same[1][0]) - 128).max() <= 1  # mid-grey: no difference
     assert "| 1 |" in summary and summary.count("0.000") >= 2  # ‖Δx̂₀‖ is 0 for both seeds
