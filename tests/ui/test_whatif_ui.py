@@ -219,3 +219,40 @@ def whatif_norm(history, step: int):
     from pipeline import whatif
 
     return whatif(history.whatif, step, 1.0).difference_norm.max()
+
+
+class PlainRuns:
+    """A `RunStreams` that is not the Explore tab: the panel needs only this of the page that runs."""
+
+    def __init__(self, pipe):
+        self.pipe, self.admitted, self.streamed = pipe, [], []
+
+    def decoder(self, name):
+        from pipeline.previews import make_preview_decoder
+
+        return make_preview_decoder(name, self.pipe, None)
+
+    def admit(self, cache):
+        self.admitted.append(cache)
+        return cache
+
+    def stream_job(self, run, request, intro):
+        from ui.run_stream import run_update
+
+        self.streamed.append(run)
+        yield run_update(status=intro)
+        for frame in run.start().frames():
+            yield run_update(status=f"step {frame.step}/{frame.total}", history=run.history)
+
+
+def test_the_panel_runs_over_any_run_stream_not_only_the_explore_tab(finished, tiny_pipe):
+    """The what-if panel depends on `ui.run_stream.RunStreams` (issue 20), so a plain one serves it: the what-if
+    decodes with its decoder, and a fork is admitted to its store and streamed by it, from the revisited step."""
+    runs = PlainRuns(tiny_pipe)
+    panel = WhatIfPanel(runs)
+    gallery, summary = panel.preview(finished, 3, 2.0, "cfg", "linear")
+    assert len(gallery) == 4 and "scale 2**" in summary
+    updates = [dict(zip(GENERATE_OUTPUTS, u)) for u in panel.fork(finished, 3, 2.0, "cfg", "linear", 1, "pred_x0")]
+    assert "Continuing from step 3/6" in updates[0]["status"]
+    assert updates[-1]["status"] == f"step {STEPS}/{STEPS}" and len(runs.admitted) == len(runs.streamed) == 1
+    assert sorted(updates[-1]["history"].frames)[-1] == STEPS
