@@ -12,6 +12,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from torch import Tensor
 
+from .denoiser import execution_device
 from .guidance import Part, Source
 from .request import GenerationRequest
 
@@ -44,7 +45,7 @@ def encode(pipe: StableDiffusionXLPipeline, prompt: str, prompt_2: str = "") -> 
     prompt_embeds, _, pooled, _ = pipe.encode_prompt(
         prompt=prompt,
         prompt_2=prompt_2 or None,
-        device=pipe._execution_device,
+        device=execution_device(pipe),
         num_images_per_prompt=1,
         do_classifier_free_guidance=False,
     )

@@ -20,7 +20,8 @@ from diffusers import DDIMInverseScheduler, StableDiffusionXLPipeline
 from PIL import Image
 from torch import Tensor
 
-from .conditioning import encode
+from .conditioning import PromptEmbeds, encode
+from .denoiser import Conditioning, Denoiser, execution_device
 from .guidance import cfg
 from .loop import generate
 from .previews import encode_image
@@ -92,31 +93,36 @@ def invert(
         guidance_scale=guidance_scale, steps=steps, seeds=(0,), width=width, height=height, scheduler="ddim",
         eta=0.0,
     )
-    device = pipe._execution_device
     accepted = inspect.signature(DDIMInverseScheduler.__init__).parameters  # drop Euler-only keys quietly
     scheduler = DDIMInverseScheduler.from_config({k: v for k, v in pipe.scheduler.config.items() if k in accepted})
-    scheduler.set_timesteps(steps, device=device)
+    denoiser = Denoiser(pipe)
+    scheduler.set_timesteps(steps, device=denoiser.device)
 
     x0 = encode_image(pipe, image, width, height)  # the posterior mean: inversion should be deterministic
-    cond = encode(pipe, prompt, prompt_2)
-    parts = [cond.zeros(), cond] if guidance_scale != 1.0 else [cond]
-    prompt_embeds = torch.cat([p.prompt_embeds for p in parts]).to(device)
-    time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=prompt_embeds.dtype,
-                                      text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
-    added = {"text_embeds": torch.cat([p.pooled for p in parts]).to(device),
-             "time_ids": time_ids.to(device).repeat(len(parts), 1)}
-
-    latents = x0.to(prompt_embeds.dtype)
+    conditioning = _conditioning(pipe, encode(pipe, prompt, prompt_2), guidance_scale != 1.0, width, height)
+    latents = x0.to(conditioning.prompt_embeds.dtype)
+    passes = len(conditioning.prompt_embeds)
     for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(torch.cat([latents] * len(parts)), t)
-        noise_pred = pipe.unet(model_input, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs=added,
-                               return_dict=False)[0]
-        if len(parts) == 2:
+        model_input = scheduler.scale_model_input(torch.cat([latents] * passes), t)
+        noise_pred = denoiser(model_input, t, conditioning)
+        if passes == 2:
             noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
             noise_pred = cfg(noise_pred_cond, noise_pred_uncond, guidance_scale)
         latents = scheduler.step(noise_pred, t, latents).prev_sample
 
     return Inversion(noise=latents, latents=x0, request=dataclasses.replace(request, init_latents=latents))
+
+
+def _conditioning(pipe: StableDiffusionXLPipeline, cond: PromptEmbeds, guided: bool, width: int,
+                  height: int) -> Conditioning:
+    """[zeros, prompt] rows where guided (diffusers' batch order), else the prompt's row alone."""
+    parts = [cond.zeros(), cond] if guided else [cond]
+    device = execution_device(pipe)
+    prompt_embeds = torch.cat([p.prompt_embeds for p in parts]).to(device)
+    time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=prompt_embeds.dtype,
+                                      text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    return Conditioning(prompt_embeds, torch.cat([p.pooled for p in parts]).to(device),
+                        time_ids.to(device).repeat(len(parts), 1))
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:

@@ -16,21 +16,22 @@ from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import retrieve_timesteps
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import Tensor
 
-from . import methods
 from .conditioning import PromptEmbeds, encode, encode_part
 from .decompose import Decomposition, alpha_bar, decompose, x0_difference
-from .guidance import COND, UNCOND, Mode, Part, guidance_mode, guidance_stats  # noqa: F401 (UNCOND: for callers)
-from .memory import MicroBatcher
+from .guidance import (  # noqa: F401 (UNCOND: for callers)
+    COND, UNCOND, Mode, Part, StepInfo, combine, guidance_mode, guidance_stats, step_prediction,
+)
+from .denoiser import Conditioning, Denoiser, execution_device
 from .models.toy import is_toy
 from .previews import encode_image, final_images
 from .request import GenerationRequest, RequestError
-from .schedulers import make_scheduler, pred_original_sample, step_kwargs
+from .schedulers import SCHEDULER_TABLE, make_scheduler, pred_original_sample, step_kwargs, step_sigmas
 from .schedules import in_interval, progress, scheduled_scale
 
 
@@ -99,15 +100,16 @@ def _plan(request: GenerationRequest, i: int, total: int) -> StepPlan:
     settings step i runs with (a forked request changes them part way: `GenerationRequest.forks`)."""
     request = request.settings_at(i)
     mode = guidance_mode(request.mode)
-    if i < mode.zero_steps(request):
+    params = mode.params_of(request)  # all the mode sees of the request
+    if i < mode.zero_steps(params):
         return StepPlan((), 0.0)  # the prediction is 0, and no UNet pass is needed for it
     if not mode.guided:
-        return StepPlan(mode.needs(1.0, request), 1.0)
+        return StepPlan(mode.needs(1.0, params), 1.0)
     if not in_interval(i, total, request.guidance_interval):
         return StepPlan((COND,), 1.0)  # outside the interval: no guidance, the conditional prediction alone
     p = progress(i, total)
     scale = scheduled_scale(request.guidance_schedule, request.guidance_scale, p, request.guidance_cutoff)
-    return StepPlan(mode.needs(scale, request), scale)
+    return StepPlan(mode.needs(scale, params), scale)
 
 
 def plan_passes(request: GenerationRequest) -> list[int]:
@@ -168,7 +170,7 @@ def _lane(pipe: StableDiffusionXLPipeline, request: GenerationRequest, rows: sli
     mode = guidance_mode(request.mode)
     if cond is None:
         cond = encode(pipe, request.prompt, request.prompt_2)
-    return _Lane(request, mode, rows, {COND: cond}, mode.new_state(request))
+    return _Lane(request, mode, rows, {COND: cond}, mode.new_state(mode.params_of(request)))
 
 
 def _lanes(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest]) -> list[_Lane]:
@@ -183,24 +185,6 @@ def _lanes(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest
         lanes.append(_lane(pipe, request, slice(start, start + len(request.seeds)), encoded[key]))
         start += len(request.seeds)
     return lanes
-
-
-def combine(settings: GenerationRequest, preds: dict[Part, Tensor], scale: float, like: Tensor,
-            state: Any = None) -> Tensor:
-    """One step's noise prediction, from the predictions its plan computed, under `settings` (mode, rescale).
-
-    No prediction: a zero-init step. One prediction where the mode guides: its formula collapses to it
-    (s = 1 or 0, or outside the interval). Otherwise the mode's formula, then guidance rescale.
-    """
-    mode = guidance_mode(settings.mode)
-    if not preds:
-        return torch.zeros_like(like)
-    if mode.guided and len(preds) == 1:
-        return next(iter(preds.values()))
-    noise_pred = mode.combine(preds, scale, settings, state)
-    if not mode.guided:
-        return noise_pred
-    return methods.rescale(noise_pred, preds[COND], settings.guidance_rescale)
 
 
 def _combine(lane: _Lane, preds: dict[Part, Tensor], scale: float, like: Tensor) -> Tensor:
@@ -221,28 +205,29 @@ class _LaneStep:
 
 
 class _UNetBatch:
-    """Every lane's predictions for a step, as one UNet call.
+    """Every lane's predictions for a step, assembled into one batch for the `Denoiser` (one call per model
+    variant; today every pass uses the plain UNet, so one call).
 
-    The stacked text conditioning of each distinct set of plans is built once and reused: a run has few.
-    Where the batch would not fit in memory, it runs in micro-batches (`pipeline.memory.MicroBatcher`);
-    `chunks` says how many calls the last step took.
+    The stacked conditioning of each distinct set of plans is built once and reused: a run has few. `chunks`
+    says how many UNet calls the last step took (micro-batching, in the denoiser).
     """
 
     def __init__(self, pipe: StableDiffusionXLPipeline, lanes: list[_Lane], time_ids: Tensor,
                  chunk: int | None = None) -> None:
         self.pipe, self.lanes, self.time_ids = pipe, lanes, time_ids
-        self.conditioning: dict[tuple, tuple[Tensor, dict[str, Tensor]]] = {}
-        self.micro_batches = MicroBatcher(pipe._execution_device, forced=chunk)
+        self.denoiser = Denoiser(pipe, chunk)
+        self.conditioning: dict[tuple, Conditioning] = {}
         self.chunks = 0
 
-    def _conditioning(self, order: tuple[tuple[int, Part], ...]) -> tuple[Tensor, dict[str, Tensor]]:
+    def _conditioning(self, order: tuple[tuple[int, Part], ...]) -> Conditioning:
         if order not in self.conditioning:
-            device = self.pipe._execution_device
+            device = self.denoiser.device
             embeds = [self.lanes[k].embedding(self.pipe, part).repeat(self.lanes[k].batch) for k, part in order]
-            self.conditioning[order] = (
+            self.conditioning[order] = Conditioning(
                 torch.cat([e.prompt_embeds for e in embeds]).to(device),
-                {"text_embeds": torch.cat([e.pooled for e in embeds]).to(device),
-                 "time_ids": self.time_ids.repeat(sum(self.lanes[k].batch for k, _ in order), 1)},
+                torch.cat([e.pooled for e in embeds]).to(device),
+                self.time_ids.repeat(sum(self.lanes[k].batch for k, _ in order), 1),
+                self._adherence(order),
             )
         return self.conditioning[order]
 
@@ -264,36 +249,31 @@ class _UNetBatch:
         self.chunks = 0
         if not order:
             return preds
-        prompt_embeds, added_cond_kwargs = self._conditioning(order)
-        model_input = torch.cat([scaled[self.lanes[k].rows] for k, _ in order])
-        adherence = self._adherence(order)
-
-        def rows(r: slice) -> Tensor:
-            extra = {} if adherence is None else {"cross_attention_kwargs": {"prompt_adherence": adherence[r]}}
-            return self.pipe.unet(
-                model_input[r], t, encoder_hidden_states=prompt_embeds[r],
-                added_cond_kwargs={name: value[r] for name, value in added_cond_kwargs.items()}, return_dict=False,
-                **extra,
-            )[0]
-
-        noise_all, self.chunks = self.micro_batches(rows, len(model_input))
-        for (k, part), chunk in zip(order, noise_all.split([self.lanes[k].batch for k, _ in order])):
-            preds[k][part] = chunk
+        for variant in dict.fromkeys(part.variant for _, part in order):  # one call per model variant, in order
+            group = tuple((k, part) for k, part in order if part.variant == variant)
+            model_input = torch.cat([scaled[self.lanes[k].rows] for k, _ in group])
+            noise_all = self.denoiser(model_input, t, self._conditioning(group), variant)
+            self.chunks += self.denoiser.chunks
+            for (k, part), chunk in zip(group, noise_all.split([self.lanes[k].batch for k, _ in group])):
+                preds[k][part] = chunk
         return preds
 
 
 def _lane_step(lane: _Lane, plan: StepPlan, settings: GenerationRequest, preds: dict[Part, Tensor], latents: Tensor,
-               scaled: Tensor, alpha: float | None, prediction_type: str) -> _LaneStep:
-    """Combine one lane's predictions, with the diagnostics its events carry."""
-    noise_pred = combine(settings, preds, plan.scale, latents[lane.rows], lane.state)
-    baseline, cond = preds.get(guidance_mode(settings.mode).baseline), preds.get(COND)
+               scaled: Tensor, alpha: float | None, prediction_type: str, step: StepInfo | None = None) -> _LaneStep:
+    """Combine one lane's predictions, with the diagnostics its events carry. `noise_pred` is what the scheduler
+    steps with: the guided prediction, or what the mode's step rule makes of it (`step` given where one has one)."""
+    mode = guidance_mode(settings.mode)
+    guided = combine(settings, preds, plan.scale, latents[lane.rows], lane.state)
+    noise_pred = step_prediction(mode, settings, guided, preds, step)
+    baseline, cond = preds.get(mode.baseline), preds.get(COND)
     norm = cosine = gap = decomposition = None
     if baseline is not None and cond is not None:
         norm, cosine = guidance_stats(cond, baseline)
         gap = x0_difference(cond, baseline, alpha, prediction_type)
     seed = lane.request.decompose_seed
     if seed is not None:
-        decomposition = decompose(seed, lane.request.seeds.index(seed), scaled[lane.rows], baseline, cond, noise_pred,
+        decomposition = decompose(seed, lane.request.seeds.index(seed), scaled[lane.rows], baseline, cond, guided,
                                   alpha, prediction_type)
     return _LaneStep(noise_pred, plan, norm, cosine, gap, decomposition)
 
@@ -340,7 +320,7 @@ def img2img_start(steps: int, strength: float) -> int:
 def _timesteps(pipe: StableDiffusionXLPipeline, request: GenerationRequest) -> tuple[Any, Tensor]:
     """A fresh scheduler, and the timesteps the run takes: img2img skips the first ones, by its strength."""
     scheduler = make_scheduler(pipe, request.scheduler)
-    timesteps, _ = retrieve_timesteps(scheduler, request.steps, pipe._execution_device)
+    timesteps, _ = retrieve_timesteps(scheduler, request.steps, execution_device(pipe))
     begin = 0
     if request.init_image is not None:
         begin = img2img_start(request.steps, request.strength) * scheduler.order
@@ -356,7 +336,7 @@ def _time_ids(pipe: StableDiffusionXLPipeline, request: GenerationRequest, dtype
     size = (request.height, request.width)
     return pipe._get_add_time_ids(
         size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
-    ).to(pipe._execution_device)
+    ).to(execution_device(pipe))
 
 
 def _initial_latents(pipe: StableDiffusionXLPipeline, scheduler, lanes: list[_Lane],
@@ -377,7 +357,7 @@ def _lane_latents(pipe, scheduler, lane: _Lane, generators, shape, first_timeste
     Per generator the draws come in diffusers' order (img2img: posterior sample, then noise), so each image
     matches the diffusers pipeline and is independent of its batch.
     """
-    request, device = lane.request, pipe._execution_device
+    request, device = lane.request, execution_device(pipe)
     if request.init_latents is not None:  # its shape was checked before any model call
         latents = request.init_latents.to(device=device, dtype=dtype).expand(shape[0], -1, -1, -1)
         return latents * scheduler.init_noise_sigma
@@ -419,9 +399,11 @@ def _resume(scheduler, resume: Resume, lane_generators: list[list[torch.Generato
     """
     if not 1 <= resume.step < total:
         raise ValueError(f"resume: step must be from 1 to {total - 1}, got {resume.step}")
-    if isinstance(scheduler, DPMSolverMultistepScheduler):
-        raise ValueError("scheduler: a run can continue from a step with euler, euler_a or ddim; dpmpp_2m keeps "
-                         "the previous steps' outputs")
+    entry = next(e for e in SCHEDULER_TABLE.values() if isinstance(scheduler, e.cls))
+    if not entry.resumable:
+        resumable = [e.name for e in SCHEDULER_TABLE.values() if e.resumable]
+        raise ValueError(f"scheduler: a run can continue from a step with {', '.join(resumable[:-1])} or "
+                         f"{resumable[-1]}; {entry.name} keeps the previous steps' outputs")
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index((scheduler.begin_index or 0) + resume.step * scheduler.order)
     generators = [g for gens in lane_generators for g in gens]
@@ -430,6 +412,13 @@ def _resume(scheduler, resume: Resume, lane_generators: list[list[torch.Generato
                          f"got {len(resume.generator_states)}")
     for generator, state in zip(generators, resume.generator_states):
         generator.set_state(state)
+
+
+def _step_info(scheduler, t: Tensor, lanes: list[_Lane], i: int, prediction_type: str) -> StepInfo | None:
+    """What a mode's step rule reads about step i; None (and nothing computed) where no lane's mode has one."""
+    if all(guidance_mode(lane.request.settings_at(i).mode).step_rule is None for lane in lanes):
+        return None
+    return StepInfo(lanes[0].request.scheduler, *step_sigmas(scheduler, t), prediction_type)
 
 
 @torch.no_grad()
@@ -459,7 +448,7 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
         latents = _initial_latents(pipe, scheduler, lanes, lane_generators, timesteps[:1] if total else None, dtype)
     else:
         _resume(scheduler, resume, lane_generators, total)
-        latents = resume.latents.to(device=pipe._execution_device, dtype=dtype)
+        latents = resume.latents.to(device=execution_device(pipe), dtype=dtype)
     if total == 0:  # img2img at strength 0: nothing to denoise; the final event is the encoded image
         yield tuple(StepEvent(step=0, total=0, timestep=float("nan"), seeds=lane.request.seeds,
                               latents=latents[lane.rows], pred_x0=latents[lane.rows], unet_passes=0) for lane in lanes)
@@ -477,8 +466,9 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
         scaled = scheduler.scale_model_input(latents, t)  # the variance-preserving model input, (B, 4, H/f, W/f)
         preds = unet(scaled, t, plans)
         alpha = alpha_bar(scheduler, t)  # before step() moves the scheduler's index
-        steps = [_lane_step(lane, plan, lane.request.settings_at(i), lane_preds, latents, scaled, alpha, prediction_type)
-                 for lane, plan, lane_preds in zip(lanes, plans, preds)]
+        info = _step_info(scheduler, t, lanes, i, prediction_type)
+        steps = [_lane_step(lane, plan, lane.request.settings_at(i), lane_preds, latents, scaled, alpha, prediction_type,
+                            info) for lane, plan, lane_preds in zip(lanes, plans, preds)]
         output = scheduler.step(torch.cat([s.noise_pred for s in steps]), t, latents, **extra)  # once: it keeps state
         records = _records(lanes, steps, preds, lane_generators) if record else [None] * len(lanes)
         latents, x0 = output.prev_sample, pred_original_sample(scheduler, output)

@@ -24,18 +24,14 @@ from PIL.PngImagePlugin import PngInfo
 
 from .guidance import GUIDANCE_MODES
 from .request import MAX_INIT_IMAGE_SIDE, SCHEDULERS, GenerationRequest, RequestError
+from .schedulers import SCHEDULER_TABLE
 
 PARAMETERS_KEY = "parameters"  # the chunk A1111 writes and reads
 SETTINGS_KEY = "cfg_explorer"
 METADATA_VERSION = 1
 
 # A1111's sampler labels (modules/sd_samplers_*.py) for the schedulers these builds of diffusers' ones match.
-SAMPLER_NAMES: dict[str, str] = {
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "ddim": "DDIM",
-    "dpmpp_2m": "DPM++ 2M",
-}
+SAMPLER_NAMES: dict[str, str] = {entry.name: entry.a1111 for entry in SCHEDULER_TABLE.values()}
 # Our schedulers are built from the model's own scheduler config, which is what A1111 calls "Automatic":
 # the sampler's default schedule for the loaded model.
 SCHEDULE_TYPE = "Automatic"

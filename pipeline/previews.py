@@ -3,13 +3,15 @@ latent -> image decoders for per-step previews.
 
 Every preview decoder has one signature, `decoder(latents) -> list[PIL.Image]`, with latents in the UNet's
 space, (B, 4, H/f, W/f), and images at most `max_size` px on their longer side. Feed them
-`StepEvent.pred_x0` (the clean-image estimate) or `StepEvent.latents` (the noisy state).
+`StepEvent.pred_x0` (the clean-image estimate) or `StepEvent.latents` (the noisy state). `DECODER_TABLE` is
+each decoder's one home (label, build): to add one, write its class and add an entry.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionXLPipeline
@@ -23,7 +25,6 @@ logger = logging.getLogger(__name__)
 
 PREVIEW_MAX_SIZE = 512
 TAESDXL_REPO = "madebyollin/taesdxl"
-PREVIEW_DECODERS: tuple[str, ...] = ("vae", "tiny", "linear")
 
 # SDXL latent -> RGB projection, a least-squares fit of decoded colours against latent channels, taken from
 # ComfyUI's comfy/latent_formats.py (class SDXL). ComfyUI applies it to latents in the UNet's (scaled) space,
@@ -178,19 +179,47 @@ def load_taesdxl(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
     return AutoencoderTiny.from_pretrained(TAESDXL_REPO, dtype=dtype).to(device)
 
 
+def _vae(pipe: StableDiffusionXLPipeline, taesd: AutoencoderTiny | None, max_size: int) -> PreviewDecoder:
+    return VaePreview(pipe.vae, max_size)
+
+
+def _tiny(pipe: StableDiffusionXLPipeline, taesd: AutoencoderTiny | None, max_size: int) -> PreviewDecoder:
+    if taesd is None:
+        raise RequestError("preview", "the tiny autoencoder is not loaded; pass `taesd` or pick 'vae' or 'linear'")
+    return TinyPreview(taesd, max_size)
+
+
+def _linear(pipe: StableDiffusionXLPipeline, taesd: AutoencoderTiny | None, max_size: int) -> PreviewDecoder:
+    # A VAE that states its own latent -> RGB map (the toy world's, which is exact) overrides SDXL's fit.
+    factors = getattr(pipe.vae, "latent_rgb_factors", SDXL_LATENT_RGB_FACTORS)
+    bias = getattr(pipe.vae, "latent_rgb_bias", SDXL_LATENT_RGB_BIAS)
+    return LinearPreview(factors, bias, max_size=max_size, scale_factor=pipe.vae_scale_factor)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoder:
+    """One preview decoder, everything about it in one place: the request's value, the page's label, its build."""
+
+    name: str
+    label: str  # the page's choice
+    build: Callable[[StableDiffusionXLPipeline, AutoencoderTiny | None, int], PreviewDecoder]
+    needs_taesd: bool = False  # it decodes with the tiny autoencoder, which the app may not have loaded
+
+
+# In the order of PREVIEW_DECODERS (cost, highest first); the page lists them as it likes.
+_DECODERS = (
+    Decoder("vae", "Full VAE (exact, slow)", _vae),
+    Decoder("tiny", "Tiny autoencoder (TAESD, fast)", _tiny, needs_taesd=True),
+    Decoder("linear", "Linear approximation (free, blurry)", _linear),
+)
+DECODER_TABLE: dict[str, Decoder] = {decoder.name: decoder for decoder in _DECODERS}
+PREVIEW_DECODERS: tuple[str, ...] = tuple(DECODER_TABLE)
+
+
 def make_preview_decoder(
     name: str, pipe: StableDiffusionXLPipeline, taesd: AutoencoderTiny | None = None, max_size: int = PREVIEW_MAX_SIZE
 ) -> PreviewDecoder:
-    """Build the decoder called `name` ("vae", "tiny" or "linear") for `pipe`."""
-    if name == "vae":
-        return VaePreview(pipe.vae, max_size)
-    if name == "tiny":
-        if taesd is None:
-            raise RequestError("preview", "the tiny autoencoder is not loaded; pass `taesd` or pick 'vae' or 'linear'")
-        return TinyPreview(taesd, max_size)
-    if name == "linear":
-        # A VAE that states its own latent -> RGB map (the toy world's, which is exact) overrides SDXL's fit.
-        factors = getattr(pipe.vae, "latent_rgb_factors", SDXL_LATENT_RGB_FACTORS)
-        bias = getattr(pipe.vae, "latent_rgb_bias", SDXL_LATENT_RGB_BIAS)
-        return LinearPreview(factors, bias, max_size=max_size, scale_factor=pipe.vae_scale_factor)
-    raise RequestError("preview", f"must be one of {', '.join(PREVIEW_DECODERS)}, got {name!r}")
+    """Build the decoder called `name` (an entry of `DECODER_TABLE`: "vae", "tiny" or "linear") for `pipe`."""
+    if name not in DECODER_TABLE:
+        raise RequestError("preview", f"must be one of {', '.join(PREVIEW_DECODERS)}, got {name!r}")
+    return DECODER_TABLE[name].build(pipe, taesd, max_size)

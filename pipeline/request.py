@@ -15,10 +15,10 @@ from PIL import Image
 from torch import Tensor
 
 from .guidance import GUIDANCE_MODES, MODE_PARAMS
+from .schedulers import SCHEDULERS
 from .schedules import SCHEDULES
 
-MODES: tuple[str, ...] = tuple(GUIDANCE_MODES)  # the table of modes in pipeline/guidance.py, in its order
-SCHEDULERS: tuple[str, ...] = ("euler", "euler_a", "ddim", "dpmpp_2m")
+MODES: tuple[str, ...] = tuple(GUIDANCE_MODES)  # the table of modes (pipeline/guidance/modes/), in its order
 UNCONDS: tuple[str, ...] = ("zeros", "empty")
 
 STEPS_RANGE = (1, 200)
@@ -206,7 +206,7 @@ class GenerationRequest:
         for name in mode.reads:  # for these modes an empty prompt is a mistake, not an experiment
             if not getattr(self, name).strip():
                 raise RequestError(name, f"must not be empty in mode {self.mode!r}")
-        problem = mode.check(self)
+        problem = mode.check_of(self)
         if problem is not None:
             raise RequestError(*problem)
         self._check_forks()
@@ -225,7 +225,8 @@ class GenerationRequest:
                     raise RequestError("forks", f"a fork may change only {', '.join(FORKABLE)}; got {name!r}")
         for segment in [self, *(self.settings_at(p.step) for p in self.forks)]:
             # Such a mode keeps state from step to step (APG's momentum), which a fork from a cache cannot restore.
-            if self.forks and GUIDANCE_MODES[segment.mode].new_state(segment) is not None:
+            mode = GUIDANCE_MODES[segment.mode]
+            if self.forks and mode.new_state(mode.params_of(segment)) is not None:
                 raise RequestError("forks", f"mode {segment.mode!r} keeps state across steps (apg_momentum "
                                             f"{segment.apg_momentum}); set apg_momentum to 0 to fork it")
 

@@ -1,8 +1,12 @@
-"""The samplers we offer, each a diffusers scheduler built from the pipeline's own scheduler config."""
+"""The samplers we offer, each a diffusers scheduler built from the pipeline's own scheduler config.
+
+`SCHEDULER_TABLE` is each one's one home (label, A1111 name, class, the controls it uses): to add a sampler, add
+an entry; the request, PNG metadata and the page read it."""
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,12 +19,33 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
-    "euler": EulerDiscreteScheduler,  # Karras et al. 2022, Algorithm 2 (deterministic)
-    "euler_a": EulerAncestralDiscreteScheduler,  # Euler with fresh noise each step (stochastic)
-    "ddim": DDIMScheduler,  # Song et al. 2020; eta 0 deterministic, eta 1 DDPM-like
-    "dpmpp_2m": DPMSolverMultistepScheduler,  # DPM-Solver++(2M), Lu et al. 2022
-}
+@dataclass(frozen=True, slots=True)
+class Scheduler:
+    """One sampler we offer, everything about it in one place: the request's value, the page's label, the name
+    A1111 writes in its PNG text, the diffusers class, and which settings it uses."""
+
+    name: str
+    label: str  # the page's choice
+    a1111: str  # A1111's sampler label (modules/sd_samplers_*.py), for PNG text both ways
+    cls: type[SchedulerMixin]
+    controls: tuple[str, ...] = ()  # request fields only it reads (DDIM: eta); other schedulers ignore them
+    # False: it keeps the previous steps' outputs (multistep), so a run cannot continue from a cached step
+    resumable: bool = True
+
+
+_SCHEDULERS = (
+    # Karras et al. 2022, Algorithm 2 (deterministic)
+    Scheduler("euler", "Euler (deterministic)", "Euler", EulerDiscreteScheduler),
+    # Euler with fresh noise each step (stochastic)
+    Scheduler("euler_a", "Euler ancestral (stochastic)", "Euler a", EulerAncestralDiscreteScheduler),
+    # Song et al. 2020; eta 0 deterministic, eta 1 DDPM-like
+    Scheduler("ddim", "DDIM (eta sets the noise)", "DDIM", DDIMScheduler, controls=("eta",)),
+    # DPM-Solver++(2M), Lu et al. 2022
+    Scheduler("dpmpp_2m", "DPM++ 2M (deterministic)", "DPM++ 2M", DPMSolverMultistepScheduler, resumable=False),
+)
+SCHEDULER_TABLE: dict[str, Scheduler] = {entry.name: entry for entry in _SCHEDULERS}
+SCHEDULERS: tuple[str, ...] = tuple(SCHEDULER_TABLE)
+SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {entry.name: entry.cls for entry in _SCHEDULERS}
 
 
 def make_scheduler(pipe: StableDiffusionXLPipeline, name: str) -> SchedulerMixin:
@@ -56,3 +81,22 @@ def pred_original_sample(scheduler: SchedulerMixin, output: Any) -> torch.Tensor
     ):
         return scheduler.model_outputs[-1]
     raise ValueError(f"scheduler: {type(scheduler).__name__} gives no clean-latent estimate for previews")
+
+
+def step_sigmas(scheduler: SchedulerMixin, timestep: torch.Tensor) -> tuple[float, float]:
+    """(sigma at this step, sigma where it lands), sigma = sqrt((1 - alpha_bar) / alpha_bar) (Karras et al. 2022,
+    eq. 1): what a mode's step rule reads (CFG++). Call after `scale_model_input`, before `step`.
+
+    Sigma-based schedulers (Euler, Euler ancestral, DPM-Solver++) hold their sigmas; DDIM lands on the timestep
+    `num_train_timesteps // num_inference_steps` earlier, or on `final_alpha_cumprod` past the first one.
+    """
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and hasattr(scheduler, "step_index"):
+        if scheduler.step_index is None:
+            scheduler._init_step_index(timestep)  # what `step` would do first; Euler did it in scale_model_input
+        index = scheduler.step_index
+        return float(sigmas[index]), float(sigmas[index + 1])
+    alphas = scheduler.alphas_cumprod
+    previous = int(timestep) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    a, a_next = float(alphas[int(timestep)]), float(alphas[previous] if previous >= 0 else scheduler.final_alpha_cumprod)
+    return ((1 - a) / a) ** 0.5, ((1 - a_next) / a_next) ** 0.5

@@ -1,0 +1,90 @@
+"""The one seam where the model is called: `Denoiser` owns the UNet call for the loop, what-if forks (which
+run through the loop) and DDIM inversion.
+
+It takes plain tensors in and gives plain tensors back: the scaled model input (B, 4, H/f, W/f), the timestep,
+and the stacked conditioning of those rows (`Conditioning`: text embeddings, pooled embeddings, SDXL's time ids
+and, for the toy model, each row's prompt adherence). It owns what every caller otherwise repeated:
+- the device (`execution_device`: the one place `pipe._execution_device` is read);
+- micro-batching (`pipeline.memory.MicroBatcher`): a batch that would not fit runs in chunks, each row's result
+  the same as in one call (the UNet is row-independent);
+- the per-row `cross_attention_kwargs` of the toy model (`prompt_adherence`), passed only where a row sets it,
+  so a real UNet never sees the argument;
+- model variants per pass (`Part.variant`).
+
+Designed for the next two issues:
+- **Remote workers (Ray Serve).** A caller needs only `__call__(model_input, t, conditioning, variant)`; the
+  arguments are tensors and a string, so a `RemoteDenoiser` with the same call can send them to a Ray Serve
+  deployment holding the UNet (and its own `MicroBatcher`), and return the prediction. Nothing else in the
+  loop touches the UNet; text encoding and the VAE stay with the caller.
+- **Model variants (PAG, Ahn et al. 2024, arXiv 2403.17377).** A mode asks for a pass with
+  `Part(source, variant="pag")`. The loop groups rows by variant and calls the denoiser once per group; the
+  denoiser enters `VARIANTS[variant](unet)`, a context manager that swaps the attention processors of the
+  chosen layers for the perturbed ones (diffusers' `PAGIdentitySelfAttnProcessor2_0`) and restores them after.
+  No variant is registered yet: asking for one is refused, never silently run on the plain UNet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+import torch
+from torch import Tensor
+
+from .memory import MicroBatcher
+
+# variant name -> context manager factory over the UNet; "" (the plain UNet) is always there. See the docstring.
+VARIANTS: dict[str, Callable[[torch.nn.Module], ContextManager]] = {"": lambda unet: contextlib.nullcontext()}
+
+
+@dataclass(frozen=True, slots=True)
+class Conditioning:
+    """What the UNet is conditioned on, one row per model-input row, all on the model's device."""
+
+    prompt_embeds: Tensor  # (B, 77, D1 + D2)
+    text_embeds: Tensor  # (B, P): text encoder 2's pooled output
+    time_ids: Tensor  # (B, 6): SDXL's micro-conditioning
+    adherence: Tensor | None = None  # (B,) float64: the toy model's prompt_adherence; None for a real UNet
+
+    def rows(self, r: slice) -> Conditioning:
+        return Conditioning(self.prompt_embeds[r], self.text_embeds[r], self.time_ids[r],
+                            None if self.adherence is None else self.adherence[r])
+
+    def take(self, index: Tensor) -> Conditioning:
+        """The rows at `index` (LongTensor), for a variant's share of a batch."""
+        return Conditioning(self.prompt_embeds[index], self.text_embeds[index], self.time_ids[index],
+                            None if self.adherence is None else self.adherence[index])
+
+
+def execution_device(pipe) -> torch.device:
+    """The device the pipeline's models run on: the one place `pipe._execution_device` is read (with model CPU
+    offload, diffusers' own property says where the hooks move each model)."""
+    return pipe._execution_device
+
+
+class Denoiser:
+    """The UNet call of one run. `chunks` says how many calls the last `__call__` took (more than 1: it did
+    not fit at once). `chunk` forces the micro-batch size (rows per call), as `CFG_EXPLORER_UNET_CHUNK` does."""
+
+    def __init__(self, pipe, chunk: int | None = None) -> None:
+        self.unet = pipe.unet
+        self.device = execution_device(pipe)
+        self.micro_batches = MicroBatcher(self.device, forced=chunk)
+        self.chunks = 0
+
+    def __call__(self, model_input: Tensor, t: Tensor, conditioning: Conditioning, variant: str = "") -> Tensor:
+        """The model's prediction for each row, (B, 4, H/f, W/f), from the scaled model input (B, 4, H/f, W/f)."""
+        if variant not in VARIANTS:
+            raise ValueError(f"variant: the denoiser knows {sorted(VARIANTS)}, got {variant!r}")
+
+        def rows(r: slice) -> Tensor:
+            c = conditioning.rows(r)
+            extra = {} if c.adherence is None else {"cross_attention_kwargs": {"prompt_adherence": c.adherence}}
+            return self.unet(model_input[r], t, encoder_hidden_states=c.prompt_embeds,
+                             added_cond_kwargs={"text_embeds": c.text_embeds, "time_ids": c.time_ids},
+                             return_dict=False, **extra)[0]
+
+        with VARIANTS[variant](self.unet):
+            noise, self.chunks = self.micro_batches(rows, len(model_input))
+        return noise

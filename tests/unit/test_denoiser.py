@@ -1,0 +1,81 @@
+"""The one seam for the model (pipeline/denoiser.py), and the step-rule hook of a mode."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import GenerationRequest, denoise
+from pipeline.denoiser import Conditioning, Denoiser
+from pipeline.guidance import GUIDANCE_MODES
+from pipeline.inversion import invert
+from pipeline.loop import make_generators  # noqa: F401 (the loop is importable beside the denoiser)
+from pipeline.memory import CHUNK_ENV
+from pipeline.schedulers import make_scheduler, step_sigmas
+from tests.unit.test_guidance import UNetCallCounter
+
+# Exact where both run the same rows in the same calls; a chunked call reorders nothing, but the UNet's matmuls
+# over 1 row and over 2 rows may round differently in float32.
+CHUNKED_TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def test_inversion_goes_through_the_denoisers_micro_batching(tiny_pipe, monkeypatch):
+    """Inversion called the UNet itself, skipping micro-batching: with a forced chunk of 1 row its guided
+    [zeros, prompt] batch now runs as two calls per step, and gives the same noise as in one call."""
+    image = Image.new("RGB", (64, 64), (200, 80, 40))
+    whole = invert(tiny_pipe, image, "a fox", steps=3, guidance_scale=5.0, width=64, height=64)
+    monkeypatch.setenv(CHUNK_ENV, "1")
+    with UNetCallCounter(tiny_pipe.unet) as calls:
+        chunked = invert(tiny_pipe, image, "a fox", steps=3, guidance_scale=5.0, width=64, height=64)
+    assert calls.batches == [1] * 6  # 3 steps x 2 passes, one row per call
+    torch.testing.assert_close(chunked.noise, whole.noise, **CHUNKED_TOL)
+
+
+def test_denoiser_refuses_a_variant_it_does_not_know(tiny_pipe):
+    """A pass asking for a model variant (PAG's, later) is refused, never run on the plain UNet instead."""
+    denoiser = Denoiser(tiny_pipe)
+    conditioning = Conditioning(torch.zeros(1, 77, 64), torch.zeros(1, 32), torch.zeros(1, 6))
+    with pytest.raises(ValueError, match="variant: the denoiser knows"):
+        denoiser(torch.zeros(1, 4, 8, 8), torch.tensor(999), conditioning, "pag")
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "ddim"])
+def test_step_rule_sees_the_steps_sigmas_and_sets_what_the_scheduler_steps_with(tiny_pipe, monkeypatch, scheduler):
+    """A mode's step rule gets each step's sigma and sigma_next (sqrt((1 - abar) / abar)); what it returns is what
+    the scheduler steps with. Here it returns the guided prediction unchanged, so the run equals plain CFG."""
+    seen = []
+
+    def rule(guided, preds, params, step):
+        seen.append(step)
+        return guided
+
+    request = GenerationRequest(prompt="a fox", steps=3, width=64, height=64, scheduler=scheduler)
+    plain = [e.latents for e in denoise(tiny_pipe, request)]
+    monkeypatch.setitem(GUIDANCE_MODES, "cfg", dataclasses.replace(GUIDANCE_MODES["cfg"], step_rule=rule))
+    ruled = [e.latents for e in denoise(tiny_pipe, request)]
+    for a, b in zip(plain, ruled):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    reference = make_scheduler(tiny_pipe, scheduler)
+    reference.set_timesteps(3)
+    alphas = reference.alphas_cumprod
+    expected = []
+    for k, t in enumerate(reference.timesteps):
+        a = float(alphas[int(t)])
+        nxt = reference.timesteps[k + 1] if k + 1 < 3 else None
+        a_next = float(alphas[int(nxt)]) if nxt is not None else float(getattr(reference, "final_alpha_cumprod", 1.0))
+        expected.append((((1 - a) / a) ** 0.5, ((1 - a_next) / a_next) ** 0.5))
+    assert [s.scheduler for s in seen] == [scheduler] * 3
+    got = [(s.sigma, s.sigma_next) for s in seen]
+    # Euler's sigmas are interpolated in float32 from the same alphas_cumprod: equal to 1e-4 relative
+    assert [x for pair in got for x in pair] == pytest.approx([x for pair in expected for x in pair], rel=1e-4, abs=1e-6)
+
+
+def test_step_sigmas_before_the_first_step_of_dpm(tiny_pipe):
+    """DPM-Solver++ sets its step index only in step(): step_sigmas sets it as step() would."""
+    scheduler = make_scheduler(tiny_pipe, "dpmpp_2m")
+    scheduler.set_timesteps(4)
+    sigma, sigma_next = step_sigmas(scheduler, scheduler.timesteps[0])
+    assert (sigma, sigma_next) == (float(scheduler.sigmas[0]), float(scheduler.sigmas[1]))
