@@ -8,28 +8,17 @@ from pipeline.conditioning import Truncation
 from pipeline.guidance import GUIDANCE_MODES
 from pipeline.models.toy import ITEMS as TOY_ITEMS
 from pipeline.models.toy import VOCABULARY as TOY_VOCABULARY
+from pipeline.previews import DECODER_TABLE
+from pipeline.schedulers import SCHEDULER_TABLE
+from pipeline.schedules import SCHEDULE_TABLE
 
 MODE_CHOICES = [(mode.label, mode.name) for mode in GUIDANCE_MODES.values()]  # the table's order
 MODES_WITH_PARAMS = [mode for mode in GUIDANCE_MODES.values() if mode.params]  # each gets a group of controls
-SCHEDULE_CHOICES = [
-    ("Constant", "constant"),
-    ("Linear, down to 1", "linear"),
-    ("Cosine, down to 1", "cosine"),
-    ("Cutoff: off after a point", "cutoff"),
-]
+SCHEDULE_CHOICES = [(schedule.label, schedule.name) for schedule in SCHEDULE_TABLE.values()]
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
-SCHEDULER_CHOICES = [
-    ("Euler (deterministic)", "euler"),
-    ("Euler ancestral (stochastic)", "euler_a"),
-    ("DDIM (eta sets the noise)", "ddim"),
-    ("DPM++ 2M (deterministic)", "dpmpp_2m"),
-]
+SCHEDULER_CHOICES = [(scheduler.label, scheduler.name) for scheduler in SCHEDULER_TABLE.values()]
 UNCOND_CHOICES = [("Zeros (SDXL's default)", "zeros"), ("Empty prompt", "empty")]
-PREVIEW_CHOICES = [
-    ("Linear approximation (free, blurry)", "linear"),
-    ("Tiny autoencoder (TAESD, fast)", "tiny"),
-    ("Full VAE (exact, slow)", "vae"),
-]
+PREVIEW_CHOICES = [(decoder.label, decoder.name) for decoder in reversed(DECODER_TABLE.values())]  # cheapest first
 PREVIEW_SOURCE_CHOICES = [("Predicted clean image x̂₀", "pred_x0"), ("Noisy latents x_t", "latents")]
 CHOICES = {  # control -> its (label, value) choices, to name values as the page shows them
     "mode": MODE_CHOICES,

@@ -14,7 +14,8 @@ from pipeline.guidance import GUIDANCE_MODES
 from pipeline.inversion import fit_size
 from pipeline.loop import img2img_start, plan_passes
 from pipeline.models.toy import draw
-from pipeline.schedules import guidance_scales
+from pipeline.schedulers import SCHEDULER_TABLE
+from pipeline.schedules import SCHEDULE_TABLE, guidance_scales
 from pipeline.uploads import load_image
 
 from .. import render
@@ -38,8 +39,9 @@ class DescribeRoom:
         )
 
     def describe_guidance_schedule(self, schedule: str):
-        """Cutoff is only read by the cutoff schedule."""
-        return gr.update(visible=schedule == "cutoff")
+        """Cutoff shows where the schedule reads it (its registry entry says so: the cutoff schedule's)."""
+        entry = SCHEDULE_TABLE.get(schedule)
+        return gr.update(visible=entry is not None and "guidance_cutoff" in entry.uses)
 
     def follow_seed(self, seed: float | None, num_seeds: float | None, decompose_seed: float | None):
         """Keep Decomposition seed among the run's seeds when Seed or Number of seeds moves."""
@@ -52,7 +54,9 @@ class DescribeRoom:
         return first
 
     def describe_scheduler(self, scheduler: str):
-        return gr.update(visible=scheduler == "ddim")
+        """Eta shows where the scheduler reads it (its registry entry says so: DDIM's)."""
+        entry = SCHEDULER_TABLE.get(scheduler)
+        return gr.update(visible=entry is not None and "eta" in entry.controls)
 
     def describe_weights(self, *weights: float) -> str:
         return render.weights_line([float(w or 0.0) for w in weights])
