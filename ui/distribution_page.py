@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -51,6 +52,27 @@ def _slider(name: str, value, lo=None, hi=None, **kwargs) -> FieldSlider:
     low, high = control.allowed
     return FieldSlider(low if lo is None else lo, high if hi is None else hi, value=value, label=control.label,
                        **kwargs)
+
+
+@dataclass(frozen=True)
+class LabResults:
+    """The results column's components, one per `distribution_tab.OUTPUTS` name (the run handler's updates)."""
+
+    status: gr.HTML
+    shown: gr.Radio
+    figure: gr.Image
+    figure_paths: gr.State  # result's name -> its figure's file, for "Show result"
+    note: gr.Markdown
+    numbers: gr.Dataframe
+    precision: gr.LinePlot
+    entropy: gr.LinePlot
+    tv: gr.LinePlot
+    samples: gr.Gallery
+    run_id: gr.Textbox
+
+    def outputs(self) -> list[Any]:
+        """In `OUTPUTS` order, the order of the run handler's updates."""
+        return [getattr(self, name) for name in OUTPUTS]
 
 
 def build_distribution_tab(handlers, default_size: int = 1024) -> Distributions:
@@ -103,15 +125,14 @@ def build_distribution_tab(handlers, default_size: int = 1024) -> Distributions:
     c["axis"].input(lab.describe_axis, inputs=c["axis"], outputs=c["axis_values"], api_name="describe_lab_axis")
     inputs = [c[name] for name in lab.inputs()]
     preset.input(lab.load_preset, inputs=preset, outputs=[*inputs, preset_note], api_name="load_lab_preset")
-    run_btn.click(_wrapped(lab), inputs=inputs, outputs=[out[name] for name in OUTPUTS], api_name="run_lab",
-                  concurrency_id="gpu")
-    stop_btn.click(lab.stop, inputs=out["run_id"], api_name="stop_lab", queue=False)
-    out["shown"].input(lab.show, inputs=[out["shown"], out["figure_paths"]], outputs=out["figure"],
-                       api_name="show_lab_result", queue=False)
+    run_btn.click(_wrapped(lab), inputs=inputs, outputs=out.outputs(), api_name="run_lab", concurrency_id="gpu")
+    stop_btn.click(lab.stop, inputs=out.run_id, api_name="stop_lab", queue=False)
+    out.shown.input(lab.show, inputs=[out.shown, out.figure_paths], outputs=out.figure, api_name="show_lab_result",
+                    queue=False)
     return lab
 
 
-def _results(lab: Distributions) -> dict[str, Any]:
+def _results(lab: Distributions) -> LabResults:
     out: dict[str, Any] = {}
     out["status"] = gr.HTML(progress_html(0, 1, "Press <b>Run lab</b>."), label="Lab status", elem_id="lab-status")
     # One figure at a time, full width, and a chooser to flip between scales: the same layout at every scale
@@ -121,7 +142,7 @@ def _results(lab: Distributions) -> dict[str, Any]:
     out["figure"] = gr.Image(label="Marginals and the 96 items" if lab.toy else "Samples (mosaic)",
                              type="filepath", format="png", interactive=False, buttons=["download", "fullscreen"],
                              show_label=False, elem_id="lab-figure")  # its own title says which; a label would cover it
-    out["figure_paths"] = gr.State({})  # result's name -> its figure's file, for "Show result"
+    out["figure_paths"] = gr.State({})
     out["note"] = gr.Markdown("" if lab.toy else NO_TARGET, elem_id="lab-note")
     out["numbers"] = gr.Dataframe(label="Lab numbers" if lab.toy else "Lab numbers (proxies)", interactive=False,
                                   elem_id="lab-numbers")
@@ -141,4 +162,4 @@ def _results(lab: Distributions) -> dict[str, Any]:
     out["samples"] = ServedGallery(label="Samples per scale (first 64 seeds)", columns=3, format="jpeg",
                                    object_fit="contain", height="auto", visible=lab.toy, elem_id="lab-samples")
     out["run_id"] = gr.Textbox(label="Lab run id", visible=False)
-    return out
+    return LabResults(**out)

@@ -35,7 +35,8 @@ from pipeline.loop import plan_passes
 from pipeline.models import is_toy
 
 from . import distribution_render as draw
-from .handlers import gpu, gpu_seconds, gr_error
+from .fields import gr_error, refused
+from .handlers import gpu, gpu_seconds
 from .streaming import in_background
 
 TOY_MIN_SEEDS = 64  # below this the noise band is wider than most effects the presets show
@@ -74,12 +75,12 @@ def parse_scales(text: str) -> tuple[float, ...]:
     """"1, 3, 7.5" -> (1.0, 3.0, 7.5); ranges are the library's to check (it names them)."""
     items = [item.strip() for item in (text or "").split(",") if item.strip()]
     if not items:
-        raise gr.Error("Lab scales: give at least one guidance scale, e.g. 1, 3, 7.5", title="Invalid input")
+        raise refused("give at least one guidance scale, e.g. 1, 3, 7.5", label="Lab scales")
     try:
         return tuple(float(item) for item in items)
     except ValueError:
-        raise gr.Error(f"Lab scales: must be numbers separated by commas, e.g. 1, 3, 7.5; got {text[:60]!r}",
-                       title="Invalid input") from None
+        raise refused(f"must be numbers separated by commas, e.g. 1, 3, 7.5; got {text[:60]!r}",
+                      label="Lab scales") from None
 
 
 def _axis_value(axis: str, item: str) -> Any:
@@ -102,13 +103,12 @@ def parse_axis(axis: str, text: str) -> tuple[str | None, tuple]:
         return None, ()
     items = [item.strip() for item in (text or "").split(",") if item.strip()]
     if not items:
-        raise gr.Error(f"Other axis values: give the values of {AXIS_LABELS.get(axis, axis)}, e.g. "
-                       f"{AXIS_HINTS.get(axis, ('',))[0]}", title="Invalid input")
+        raise refused(f"give the values of {AXIS_LABELS.get(axis, axis)}, e.g. {AXIS_HINTS.get(axis, ('',))[0]}",
+                      label="Other axis values")
     try:
         return axis, tuple(_axis_value(axis, item) for item in items)
     except ValueError as exc:
-        raise gr.Error(f"Other axis values: {AXIS_HINTS.get(axis, ('', ''))[1]} ({exc})"[:300],
-                       title="Invalid input") from None
+        raise refused(f"{AXIS_HINTS.get(axis, ('', ''))[1]} ({exc})"[:280], label="Other axis values") from None
 
 
 def axis_text(axis: str | None, values: tuple) -> str:
@@ -260,8 +260,8 @@ class Distributions:
     def show(name: str, paths: dict[str, str]) -> str:
         """The figure of the finished result `name` (from this session's last run)."""
         if name not in (paths or {}):
-            raise gr.Error(f"Show result: must be one of the finished results ({', '.join(paths or {}) or 'none yet'})"
-                           f", got {str(name)[:60]!r}", title="Invalid input")
+            raise refused(f"must be one of the finished results ({', '.join(paths or {}) or 'none yet'})"
+                          f", got {str(name)[:60]!r}", label="Show result")
         return paths[name]
 
     def _curves(self, results, settings: LabSettings, axis_label: str) -> dict:
@@ -286,8 +286,7 @@ class Distributions:
         """The preset's settings into the inputs (INPUTS order), and its note, which stays on the page."""
         preset = self.presets.get(name)
         if preset is None:
-            raise gr.Error(f"Lab preset: must be one of {', '.join(self.presets)}; got {str(name)[:60]!r}",
-                           title="Invalid input")
+            raise refused(f"must be one of {', '.join(self.presets)}; got {str(name)[:60]!r}", label="Lab preset")
         s, r = preset.settings, preset.settings.request
         values = {
             "prompt": r.prompt, "prompt_2": r.prompt_2, "n_seeds": s.n_seeds,

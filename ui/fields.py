@@ -12,20 +12,52 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import traceback
 
 import gradio as gr
 
 from pipeline import RequestError
+from pipeline.memory import free_cache, is_out_of_memory, out_of_memory_message
 
-from .controls import BY_LABEL, check_text, read
+from .controls import BY_LABEL, check_text, label_of, read
 
 logger = logging.getLogger(__name__)
 
 
-def refused(message: str) -> gr.Error:
+class Refused(gr.Error):
+    """A value the app does not take, with the label of the control it names (None where it names none): the
+    server marks that control from this attribute, never by reading the label back out of the text."""
+
+    def __init__(self, message: str, label: str | None = None, title: str = "Invalid input",
+                 visible: bool = True) -> None:
+        super().__init__(message, title=title, visible=visible, print_exception=False)
+        self.label = label
+
+
+def refused(message: str, label: str | None = None, title: str = "Invalid input") -> Refused:
     """The error for a value the app does not take: shown on the page like any `gr.Error`, but an expected
-    outcome, so the server logs one line for it (`NamedErrorBlocks.process_api`), not a traceback."""
-    return gr.Error(message, title="Invalid input", print_exception=False)
+    outcome, so the server logs one line for it (`NamedErrorBlocks.process_api`), not a traceback. With `label`,
+    the message starts with it ("Seed: must be ...") and the error carries it (`Refused.label`)."""
+    return Refused(f"{label}: {message}" if label else message, label, title)
+
+
+def gr_error(exc: Exception, labels: dict[str, str] | None = None, memory: str | None = None) -> gr.Error:
+    """The one conversion of a library error into what the page shows: a control named by its label.
+
+    `RequestError` names its field; `labels` (a tab's own field -> label map) or the Explore tab's labels
+    turn it into the control the person sees, followed by what is allowed. Other `ValueError`s are invalid
+    input too. Running out of GPU memory frees the cache and says what to lower and which `--memory` mode
+    to try (after `memory`, the mode in use, if given). Anything else is a failed run, said as such (never a
+    blank image). Callers `raise` it.
+    """
+    if is_out_of_memory(exc):
+        logger.warning("out of memory: %s", exc)
+        traceback.clear_frames(exc.__traceback__)  # the failed run's tensors, so the cache can let them go
+        free_cache()
+        return gr.Error(out_of_memory_message(memory), title="Out of memory")
+    if isinstance(exc, RequestError):
+        return refused(exc.detail, label=(labels or {}).get(exc.field) or label_of(exc.field))
+    return refused(str(exc)) if isinstance(exc, ValueError) else gr.Error(str(exc), title="Generation failed")
 
 
 class Refusals:
@@ -35,16 +67,16 @@ class Refusals:
     def __init__(self, kept: int = 1_000) -> None:
         self.kept, self._lock, self._last = kept, threading.Lock(), {}
 
-    def keep(self, session: str | None, message: str) -> None:
+    def keep(self, session: str | None, error: gr.Error) -> None:
         with self._lock:
             self._last.pop(session or "", None)
-            self._last[session or ""] = message
+            self._last[session or ""] = error
             while len(self._last) > self.kept:
                 self._last.pop(next(iter(self._last)))
 
-    def take(self, session: str | None) -> str:
+    def take(self, session: str | None) -> gr.Error | None:
         with self._lock:
-            return self._last.pop(session or "", "")
+            return self._last.pop(session or "", None)
 
 
 REFUSALS = Refusals()
@@ -72,14 +104,14 @@ class NamedErrors:
         try:
             return super().preprocess(self.check(payload))
         except RequestError as exc:
-            raise refused(f"{self.label}: {exc.detail}") from None
+            raise refused(exc.detail, label=self.label) from None
         except gr.Error as exc:
             detail = exc.message
             if getattr(self, "minimum", None) is not None or getattr(self, "maximum", None) is not None:
                 detail = f"must be from {self.minimum} to {self.maximum}, got {payload}"
-            raise refused(f"{self.label}: {detail}") from None
+            raise refused(detail, label=self.label) from None
         except (TypeError, ValueError, OverflowError) as exc:
-            raise refused(f"{self.label}: cannot use {str(payload)[:40]!r} ({exc})"[:300]) from None
+            raise refused(f"cannot use {str(payload)[:40]!r} ({exc})"[:280], label=self.label) from None
 
 
 class _Number(NamedErrors):
@@ -144,7 +176,7 @@ class FieldImage(NamedErrors, gr.Image):
         except gr.Error:
             raise
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a file that is not an image
-            raise refused(f"{self.label}: is not an image this app can read ({type(exc).__name__})") from None
+            raise refused(f"is not an image this app can read ({type(exc).__name__})", label=self.label) from None
 
 
 class FieldFile(NamedErrors, gr.File):
@@ -170,7 +202,7 @@ class NamedErrorBlocks(gr.Blocks):
             if len(files) != 1:
                 raise
             detail = str(exc).splitlines()[0][:160]
-            raise refused(f"{files[0].label}: must be a file uploaded to this app ({detail})") from None
+            raise refused(f"must be a file uploaded to this app ({detail})", label=files[0].label) from None
 
     # Events that only describe the controls as they change (a plot of the schedule, a note): a value they
     # refuse is said once, by Generate (its status line, the control outlined and a message), not by a message
@@ -186,8 +218,8 @@ class NamedErrorBlocks(gr.Blocks):
             if exc.print_exception:
                 raise
             logger.info("refused: %s", exc.message)
-            REFUSALS.keep(kwargs.get("session_hash"), exc.message)
+            REFUSALS.keep(kwargs.get("session_hash"), exc)
             fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
             if (getattr(fn, "api_name", None) or "").startswith(self.QUIET):
-                raise gr.Error(exc.message, title=exc.title, visible=False, print_exception=False) from None
+                raise Refused(exc.message, getattr(exc, "label", None), exc.title, visible=False) from None
             raise

@@ -1,7 +1,7 @@
 """What every tab shares: the one conversion of library errors into `gr.Error`, the GPU wrapper, job control
 (Stop), and `Handlers`, the loaded models and output folder that each tab's behaviour is built on.
 
-Each tab's own behaviour lives in its module (`explore_tab`, `sweep_tab`, `invert_tab`).
+Each tab's own behaviour lives in its module (the `explore` package, `sweep_tab`, `invert_tab`...).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import os
 import secrets
 import tempfile
 import threading
-import traceback
 import typing
 import weakref
 from pathlib import Path
@@ -23,13 +22,12 @@ from typing import Callable, Iterator
 
 import gradio as gr
 
-from pipeline import GenerationRequest, RequestError, RunCache
+from pipeline import GenerationRequest, RunCache
 from pipeline.loop import plan_passes
-from pipeline.memory import free_cache, is_out_of_memory, out_of_memory_message
 from pipeline.presets import Preset
 
-from .controls import CONTROL_NAMES, label_of
-from .fields import refused
+from .controls import CONTROL_NAMES
+from .fields import gr_error  # noqa: F401 - the one conversion lives in fields; tabs and tests import it here too
 from .storage import InstanceStorage
 
 logger = logging.getLogger(__name__)
@@ -149,26 +147,6 @@ class Jobs:
     def __len__(self) -> int:
         with self._lock:
             return len(self._stops)
-
-
-def gr_error(exc: Exception, labels: dict[str, str] | None = None, memory: str | None = None) -> gr.Error:
-    """The one conversion of a library error into what the page shows: a control named by its label.
-
-    `RequestError` names its field; `labels` (a tab's own field -> label map) or the Explore tab's labels
-    turn it into the control the person sees, followed by what is allowed. Other `ValueError`s are invalid
-    input too. Running out of GPU memory frees the cache and says what to lower and which `--memory` mode
-    to try (after `memory`, the mode in use, if given). Anything else is a failed run, said as such (never a
-    blank image). Callers `raise` it.
-    """
-    if is_out_of_memory(exc):
-        logger.warning("out of memory: %s", exc)
-        traceback.clear_frames(exc.__traceback__)  # the failed run's tensors, so the cache can let them go
-        free_cache()
-        return gr.Error(out_of_memory_message(memory), title="Out of memory")
-    if isinstance(exc, RequestError):
-        label = (labels or {}).get(exc.field) or label_of(exc.field)
-        return refused(f"{label}: {exc.detail}")
-    return refused(str(exc)) if isinstance(exc, ValueError) else gr.Error(str(exc), title="Generation failed")
 
 
 # What-if caches (pipeline.whatif.RunCache): each run may keep up to WHATIF_RUN_BYTES of its predictions (30 steps

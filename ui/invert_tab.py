@@ -4,7 +4,8 @@ send the noise to the Explore tab as its starting latents."""
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
 
 import gradio as gr
 import pandas as pd
@@ -19,9 +20,12 @@ from pipeline.request import STEPS_RANGE
 
 from . import render
 from .controls import CONTROL_NAMES, TAB_CONTROLS
-from .fields import FieldImage, FieldSlider, FieldTextbox, refused
-from .handlers import gpu, gpu_seconds, gr_error
+from .fields import FieldImage, FieldSlider, FieldTextbox, gr_error, refused
+from .handlers import gpu, gpu_seconds
 from .served import ServedImage
+
+if TYPE_CHECKING:
+    from .explore import Explore, ExploreView
 
 CURVE_STEPS = "5, 10, 25, 50"
 UPLOAD_PROMPT = "Upload an image and press **Invert**."
@@ -206,7 +210,7 @@ class Inversions:
         With `describe_changes` (the Explore tab's `changes`), the Explore tab also says which of its settings
         this changed, from `before` (its controls just before), and opens the groups they sit in."""
         if inversion is None:
-            raise gr.Error("Use this noise in Explore: invert an image first", title="Nothing to use")
+            raise refused("invert an image first", label="Use this noise in Explore", title="Nothing to use")
         settings = self.noise_settings(inversion)
         gr.Info("The Explore tab now starts from the inverted noise: Generate there to see the image come back.")
         values = (inversion.noise, *(settings[name] for name in self.target_names))
@@ -216,11 +220,46 @@ class Inversions:
         return (*values, *self.describe_changes(before, controls))
 
 
-def build_invert_tab(handlers, targets: dict, start_latents: gr.State, explore=None) -> None:
-    """The tab's components and events. `targets` are the Explore tab's components that "Use this noise in
-    Explore" sets; with `explore` (the Explore tab's behaviour) it also says there what changed."""
+@dataclass(frozen=True)
+class InvertView:
+    """The Invert tab's components that its events read and update."""
+
+    image: gr.Image
+    prompt: gr.Textbox
+    steps: gr.Slider
+    scale: gr.Slider
+    invert_btn: gr.Button
+    use_btn: gr.Button
+    result: gr.Markdown
+    noise: gr.Image
+    reconstruction: gr.Image
+    noise_caption: gr.Markdown
+    curve_steps: gr.Textbox
+    curve_btn: gr.Button
+    curve_status: gr.Markdown
+    plot: gr.LinePlot
+    table: gr.Dataframe
+    last: gr.State  # this session's last Inversion
+
+
+def build_invert_tab(handlers, view: ExploreView, tabs: gr.Tabs, start_latents: gr.State, explore: Explore) -> None:
+    """The tab's components and events. "Use this noise in Explore" sets the Explore tab's components (`view`)
+    and says there what changed (`explore`, the Explore tab's behaviour)."""
+    targets = {**view.named(), "tabs": tabs}
     names = tuple(name for name in NOISE_TARGETS if name in targets)
-    inversions = Inversions(handlers, names, explore.changes if explore is not None else None)
+    inversions = Inversions(handlers, names, explore.changes)
+    tab = _layout(handlers)
+    _wire_invert(inversions, tab)
+    # First note the Explore controls as they are, to say there afterwards what the noise's settings changed.
+    tab.use_btn.click(explore.snapshot, inputs=view.control_list(), outputs=view.before, api_visibility="private",
+                      queue=False, show_progress="hidden").then(
+        inversions.use_noise, inputs=[tab.last, view.before],
+        outputs=[start_latents, *(targets[n] for n in names), view.changed, *view.groups.ordered()],
+        api_name="use_inverted_noise")
+
+
+def _layout(handlers) -> InvertView:
+    """The tab's components: the image and its settings beside the round trip, and the error curve below."""
     gr.Markdown(
         "DDIM inversion runs the deterministic DDIM sampler backwards, from an image to the noise that DDIM "
         "(eta 0, same prompt, steps and guidance) maps back onto it (Song et al. 2020). Invert, look at the "
@@ -268,26 +307,20 @@ def build_invert_tab(handlers, targets: dict, start_latents: gr.State, explore=N
                              headers=["steps", "guidance", "PSNR (dB)", "latent MSE"])
         gr.Markdown(WHY_GUIDANCE_BREAKS)
     last = gr.State(None)  # this session's last Inversion
+    return InvertView(image, prompt, steps, scale, invert_btn, use_btn, result, noise, reconstruction, noise_caption,
+                      curve_steps, curve_btn, curve_status, plot, table, last)
 
-    invert_btn.click(inversions.invert, inputs=[image, prompt, steps, scale],
-                     outputs=[noise, reconstruction, result, last], api_name="invert", concurrency_id="gpu").then(
-        inversions.noise_caption, inputs=last, outputs=noise_caption, api_visibility="private", queue=False,
+
+def _wire_invert(inversions: Inversions, tab: InvertView) -> None:
+    """Invert, forget a replaced image's results, and the error curve."""
+    tab.invert_btn.click(inversions.invert, inputs=[tab.image, tab.prompt, tab.steps, tab.scale],
+                         outputs=[tab.noise, tab.reconstruction, tab.result, tab.last], api_name="invert",
+                         concurrency_id="gpu").then(
+        inversions.noise_caption, inputs=tab.last, outputs=tab.noise_caption, api_visibility="private", queue=False,
         show_progress="hidden")
     # A new (or removed) image: the last image's noise, round trip, curve and table no longer describe it.
-    gr.on([image.upload, image.clear], inversions.clear,
-          outputs=[noise, reconstruction, result, last, noise_caption, plot, table, curve_status],
-          api_name="clear_inversion", queue=False, show_progress="hidden")
-    curve_btn.click(
-        inversions.error_curve, inputs=[image, prompt, scale, curve_steps], outputs=[plot, table, curve_status],
-        api_name="error_curve", concurrency_id="gpu",
-    )
-    outputs = [start_latents, *(targets[n] for n in names)]
-    if explore is None:
-        use_btn.click(inversions.use_noise, inputs=last, outputs=outputs, api_name="use_inverted_noise")
-        return
-    # First note the Explore controls as they are, to say there afterwards what the noise's settings changed.
-    controls = [targets[name] for name in CONTROL_NAMES]
-    use_btn.click(explore.snapshot, inputs=controls, outputs=targets["before"], api_visibility="private",
-                  queue=False, show_progress="hidden").then(
-        inversions.use_noise, inputs=[last, targets["before"]],
-        outputs=[*outputs, targets["changed"], *explore.group_outputs(targets)], api_name="use_inverted_noise")
+    gr.on([tab.image.upload, tab.image.clear], inversions.clear,
+          outputs=[tab.noise, tab.reconstruction, tab.result, tab.last, tab.noise_caption, tab.plot, tab.table,
+                   tab.curve_status], api_name="clear_inversion", queue=False, show_progress="hidden")
+    tab.curve_btn.click(inversions.error_curve, inputs=[tab.image, tab.prompt, tab.scale, tab.curve_steps],
+                        outputs=[tab.plot, tab.table, tab.curve_status], api_name="error_curve", concurrency_id="gpu")

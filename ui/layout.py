@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .controls import CONTROL_NAMES
 from .distribution_page import build_distribution_tab
-from .explore_tab import Explore, build_explore_tab, wire_explore
+from .explore import Explore, build_explore_tab, wire_explore
 from .fields import NamedErrorBlocks
 from .handlers import Handlers
 from .invert_tab import build_invert_tab
@@ -118,14 +117,14 @@ def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -
         start_latents = gr.State(None)  # starting noise, sent from the Invert tab
         with gr.Tabs() as tabs:
             with gr.Tab("Explore", id="explore"):
-                c, out = build_explore_tab(explore, default_size)
+                view = build_explore_tab(explore, default_size)
             with gr.Tab("X/Y sweep", id="sweep"):
-                build_sweep_tab(handlers, [c[name] for name in CONTROL_NAMES])
+                build_sweep_tab(handlers, view.control_list())
             with gr.Tab("Invert", id="invert"):
-                build_invert_tab(handlers, {**c, **out, "tabs": tabs}, start_latents, explore)
+                build_invert_tab(handlers, view, tabs, start_latents, explore)
             with gr.Tab("Distribution", id="distribution"):
                 build_distribution_tab(handlers, default_size)
-        wire_explore(demo, explore, c, out, start_latents)
+        wire_explore(demo, explore, view, start_latents)
         demo.load(None, js=ACCEPT_DROPPED_PNG, api_visibility="private", queue=False)
     return demo
 

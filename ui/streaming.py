@@ -26,7 +26,7 @@ from pipeline.loop import StepEvent
 from pipeline.models.toy import Landing, is_toy, landings
 from pipeline.previews import PreviewDecoder
 
-from .render import fork_path
+from .whatif_render import fork_path
 
 HISTORY_MAX_FRAMES = 480  # images kept for the step slider: ~15 kB each at 256 px, so a few MB per run
 HISTORY_SIZE = 256
@@ -69,7 +69,7 @@ class History:
     decompositions: dict[int, list[bytes | None]] = field(default_factory=dict)
     spreads: dict[int, float] = field(default_factory=dict)  # per kept decomposition: how far apart its x̂₀ are
     whatif: RunCache | None = None  # the run's predictions by step, for the what-if panel and forks (ui/whatif.py)
-    ending: str = ""  # a finished fork: how its final images compare with its parent's (render.fork_ending)
+    ending: str = ""  # a finished fork: how its final images compare with its parent's (whatif_render.fork_ending)
 
     @property
     def name(self) -> str:

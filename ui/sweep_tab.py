@@ -20,9 +20,9 @@ from pipeline.request import GUIDANCE_SCALE_RANGE, SEED_RANGE
 from pipeline.loop import plan_passes
 from pipeline.sweep import AXES, MAX_CELLS, Axis, batches, run_sweep, sweep_cells
 
-from .fields import FieldDropdown, FieldTextbox, refused
+from .fields import FieldDropdown, FieldTextbox, gr_error, refused
 from .controls import CONTROL_NAMES, label_of, request_from_settings
-from .handlers import gpu, gpu_seconds, gr_error, takes_controls
+from .handlers import gpu, gpu_seconds, takes_controls
 from .served import ServedGallery
 from .render import shown_value
 

@@ -10,7 +10,8 @@ whose history the step slider, the what-if and further forks then use.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import gradio as gr
 import numpy as np
@@ -21,15 +22,12 @@ from pipeline.models import is_toy
 from pipeline.guidance import GUIDANCE_MODES
 from pipeline.request import GUIDANCE_SCALE_RANGE, RequestError
 
-from . import render
+from . import render, whatif_render
 from .controls import read
-from .fields import FieldDropdown, FieldRadio, FieldSlider
-from .handlers import gr_error
-from .streaming import History, Run
+from .fields import FieldDropdown, FieldRadio, FieldSlider, gr_error
+from .run_stream import RunStreams, add_to_status, run_update
 from .served import ServedGallery
-
-if TYPE_CHECKING:
-    from .explore_tab import Explore
+from .streaming import History, Run
 
 NOTHING = "Generate a run first: the what-if panel recombines its cached predictions."
 RUNNING = "A new run is under way: the panel turns to it when it ends."
@@ -65,10 +63,11 @@ def same_ending(parent: History, child: History) -> tuple[list[int], list[int]]:
 
 
 class WhatIfPanel:
-    """The panel's behaviour, over the Explore tab's (its pipeline, decoders, run streaming and PNGs)."""
+    """The panel's behaviour, over a page that streams runs (`RunStreams`: the Explore tab's pipeline, decoders,
+    run streaming and PNGs)."""
 
-    def __init__(self, explore: Explore) -> None:
-        self.explore = explore
+    def __init__(self, runs: RunStreams) -> None:
+        self.runs = runs
 
     @staticmethod
     def _step(history: History, step: float) -> int:
@@ -93,7 +92,7 @@ class WhatIfPanel:
         choices = [(render.mode_label(name), name) for name in GUIDANCE_MODES if name in modes]
         return (gr.update(visible=True), last.settings.guidance_scale, gr.update(choices=choices, value=last.settings.mode),
                 [history], gr.update(choices=[history.name], value=history.name), [],
-                render.whatif_hint(len(cache.steps), history.total, cache.stride))
+                whatif_render.whatif_hint(len(cache.steps), history.total, cache.stride))
 
     def preview(self, history: History | None, step: float, scale: float, mode: str, decoder: str):
         """The revisited step's x̂₀ for every seed at the what-if scale and mode, each beside its difference from
@@ -104,7 +103,7 @@ class WhatIfPanel:
             scale, mode = read("guidance_scale", scale), read("mode", mode)
             step = self._step(history, step)
             alt = whatif(history.whatif, step, scale, mode)
-            decode = self.explore.decoder(read("preview", decoder or "linear"))
+            decode = self.runs.decoder(read("preview", decoder or "linear"))
         except ValueError as exc:
             raise _error(exc) from exc
         recorded = history.whatif.entry(step)
@@ -113,7 +112,7 @@ class WhatIfPanel:
         for seed, a, b in zip(history.seeds, new, old):
             gallery.append((a, f"seed {seed} · s {alt.scale:g} · step {step}"))
             gallery.append(difference_image(a, b, seed))
-        return gallery, render.whatif_summary(alt, history.seeds, recorded.scale, recorded.settings.mode)
+        return gallery, whatif_render.whatif_summary(alt, history.seeds, recorded.scale, recorded.settings.mode)
 
     def fork(self, history: History | None, step: float, scale: float, mode: str, decoder: str, every: float,
              source: str, request: gr.Request = None) -> Iterator[tuple]:
@@ -122,11 +121,11 @@ class WhatIfPanel:
         try:
             scale, mode = read("guidance_scale", scale), read("mode", mode)
             every, source = read("preview_every", every), read("preview_source", source)
-            decode = self.explore.decoder(read("preview", decoder or "linear"))
+            decode = self.runs.decoder(read("preview", decoder or "linear"))
         except ValueError as exc:
             raise _error(exc) from exc
         if history is None or history.whatif is None:  # as Stop with nothing running: said, not an error
-            yield self.explore._out(status=render.nothing_to_continue())
+            yield run_update(status=whatif_render.nothing_to_continue())
             return
         parent = history.whatif
         try:
@@ -135,7 +134,7 @@ class WhatIfPanel:
                 raise RequestError("step", f"continue from a step before the last: 1 to {history.total - 1}, "
                                            f"got {step}")
             new = dataclasses.replace(parent.settings_at(step), guidance_scale=scale, mode=mode)
-            child = self.explore.handlers.whatif.admit(parent.branch(step, new))
+            child = self.runs.admit(parent.branch(step, new))
         except ValueError as exc:
             raise _error(exc) from exc
         forked = History(
@@ -146,19 +145,14 @@ class WhatIfPanel:
             decompositions={s: d for s, d in history.decompositions.items() if s <= step},
             spreads={s: d for s, d in history.spreads.items() if s <= step},
         )
-        run = Run(self.explore.pipe, child.request, decode, every, source=lambda event: getattr(event, source),
-                  cache=child, events=lambda: fork(self.explore.pipe, parent, step, new), history=forked, start=step)
-        from .explore_tab import GENERATE_OUTPUTS  # that module imports this one
-
-        status = GENERATE_OUTPUTS.index("status")
-        with self.explore.jobs.running(request, run.stop) as run_id:
-            for update in self.explore.stream(run, run_id, intro=render.forking(forked.name, step, history.total)):
-                if forked.finals and history.finals and not forked.ending:  # the final images: compare with the parent's
-                    forked.ending = render.fork_ending(forked.name, step, *same_ending(history, forked),
-                                                       is_toy(self.explore.pipe))
-                    update = list(update)
-                    update[status] = f"{update[status]}\n\n{forked.ending}"
-                yield tuple(update)
+        run = Run(self.runs.pipe, child.request, decode, every, source=lambda event: getattr(event, source),
+                  cache=child, events=lambda: fork(self.runs.pipe, parent, step, new), history=forked, start=step)
+        for update in self.runs.stream_job(run, request, whatif_render.forking(forked.name, step, history.total)):
+            if forked.finals and history.finals and not forked.ending:  # the final images: compare with the parent's
+                forked.ending = whatif_render.fork_ending(forked.name, step, *same_ending(history, forked),
+                                                   is_toy(self.runs.pipe))
+                update = add_to_status(update, forked.ending)
+            yield update
 
     def follow(self, history: History | None, step: float, scale: float, mode: str, decoder: str):
         """After a fork or a return to a branch, the what-if shows that branch at the revisited step, under what a
@@ -185,13 +179,31 @@ class WhatIfPanel:
         if branch is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         gallery = gr.update(value=[(path, render.caption(seed)) for path, seed in zip(branch.finals, branch.seeds)],
-                            label=render.images_label(branch.name))
+                            label=whatif_render.images_label(branch.name))
         slider = gr.update(value=branch.total) if len(branch.frames) > 1 else gr.skip()
-        status = render.showing_branch(branch.name) + (f" {branch.ending}" if branch.ending else "")
+        status = whatif_render.showing_branch(branch.name) + (f" {branch.ending}" if branch.ending else "")
         return gallery, branch, branch.finals or None, slider, status, gr.update(visible=False)
 
 
-def build_whatif(explore: Explore) -> dict[str, Any]:
+@dataclass(frozen=True)
+class WhatIfView:
+    """The panel's components."""
+
+    group: gr.Accordion
+    scale: gr.Slider
+    mode: gr.Dropdown
+    gallery: gr.Gallery
+    summary: gr.Markdown
+    fork: gr.Button
+    branches: gr.Radio
+    branch_list: gr.State
+
+    def refreshed(self) -> list[Any]:
+        """What `WhatIfPanel.refresh` updates, in its order."""
+        return [self.group, self.scale, self.mode, self.branch_list, self.branches, self.gallery, self.summary]
+
+
+def build_whatif() -> WhatIfView:
     """The panel's components, placed where it is called (hidden until a run has been cached)."""
     ui: dict[str, Any] = {}
     with gr.Accordion("What-if at the revisited step: re-guide it instantly, or continue from it", open=False,
@@ -202,40 +214,12 @@ def build_whatif(explore: Explore) -> dict[str, Any]:
                                       info="Recombines the step's cached predictions: no UNet call, no queue.")
             ui["mode"] = FieldDropdown(render.MODE_CHOICES, value="cfg", label="What-if mode", scale=2, min_width=160,
                                        info="Modes this run's predictions allow.")
-        ui["gallery"] = ServedGallery(label="What-if x̂₀ and Δ from the run's", columns=4, format="jpeg", object_fit="contain", height=200, elem_id="whatif")
+        ui["gallery"] = ServedGallery(label="What-if x̂₀ and Δ from the run's", columns=4, format="jpeg",
+                                      object_fit="contain", height=200, elem_id="whatif")
         ui["summary"] = gr.Markdown(NOTHING, elem_id="whatif-summary")
         with gr.Row(equal_height=False):
             ui["fork"] = gr.Button("Continue from this step", scale=1, min_width=160, elem_id="whatif-fork")
             ui["branches"] = FieldRadio([], label="Branches", scale=2, min_width=200, elem_id="whatif-branches",
                                         info="The run and its forks: pick one to return to it.")
     ui["branch_list"] = gr.State([])
-    return ui
-
-
-def wire_whatif(explore: Explore, panel: WhatIfPanel, ui: dict, c: dict, out: dict, check, generate,
-                outputs: list) -> None:
-    """The panel's events. `check`: Generate's check, once passed the last run's what-if is cleared; `generate`:
-    Generate's run event, after which the panel starts afresh; `outputs`: Generate's outputs, which a fork
-    streams into."""
-    refresh = [ui["group"], ui["scale"], ui["mode"], ui["branch_list"], ui["branches"], ui["gallery"], ui["summary"]]
-    check.success(lambda: ([], RUNNING), outputs=[ui["gallery"], ui["summary"]], api_visibility="private", queue=False,
-                  show_progress="hidden")
-    generate.then(panel.refresh, inputs=out["history"], outputs=refresh, api_visibility="private", queue=False,
-                  show_progress="hidden")
-    inputs = [out["history"], out["step_slider"], ui["scale"], ui["mode"], c["preview"]]
-    # No queue: the recombination is cheap and calls no UNet, so the slider answers as it moves.
-    for event, name in ((ui["scale"].change, "whatif"), (ui["mode"].change, "whatif_mode"),
-                        (out["step_slider"].input, "whatif_at_step")):  # input: the arrow keys move it too
-        event(panel.preview, inputs=inputs, outputs=[ui["gallery"], ui["summary"]], api_name=name, queue=False,
-              show_progress="hidden", trigger_mode="always_last")
-    # A fork is a run: bring its status and images into view, where runs are watched (the panel sits below them).
-    ui["fork"].click(None, js=SHOW_RUN, api_visibility="private", queue=False, show_progress="hidden")
-    forked = ui["fork"].click(panel.fork, inputs=[*inputs, c["preview_every"], c["preview_source"]], outputs=outputs,
-                              api_name="fork", concurrency_id="gpu")
-    follow = dict(fn=panel.follow, inputs=inputs, outputs=[ui["gallery"], ui["summary"]], api_visibility="private",
-                  queue=False, show_progress="hidden")
-    forked.then(panel.add_branch, inputs=[out["history"], ui["branch_list"]], outputs=[ui["branch_list"], ui["branches"]],
-                api_visibility="private", queue=False, show_progress="hidden").then(**follow)
-    ui["branches"].input(panel.show_branch, inputs=[ui["branch_list"], ui["branches"]],
-                         outputs=[out["gallery"], out["history"], out["downloads"], out["step_slider"], out["status"],
-                                  out["final_btn"]], api_name="show_branch", show_progress="hidden").then(**follow)
+    return WhatIfView(**ui)

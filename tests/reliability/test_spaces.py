@@ -53,7 +53,7 @@ from pipeline import tiny_pipeline
 from ui import Handlers
 from ui.handlers import request_gpu_seconds, spaces
 from ui.controls import CONTROL_NAMES, CONTROLS
-from ui.explore_tab import GENERATE_OUTPUTS, Explore
+from ui.explore import GENERATE_OUTPUTS, Explore
 
 assert spaces is sys.modules["spaces"], "ui.handlers did not pick up the spaces package"
 handlers = Explore(Handlers(tiny_pipeline(), model_name="tiny"))
@@ -119,7 +119,7 @@ def test_gpu_seconds_grow_with_steps_seeds_and_size():
     assert gpu_seconds(10**9, 2048, 2048) == GPU_MAX_SECONDS
 
 
-@pytest.mark.parametrize("module", ["ui.explore_tab", "ui.sweep_tab", "ui.invert_tab"])
+@pytest.mark.parametrize("module", ["ui.explore.run", "ui.sweep_tab", "ui.invert_tab"])
 def test_every_gpu_handler_takes_a_computed_duration(module):
     """No handler asks ZeroGPU for a fixed duration: each `@gpu(...)` gets a function of its arguments."""
     source = (ROOT / (module.replace(".", "/") + ".py")).read_text()

@@ -4,6 +4,7 @@ and every refusal names the control by its label. No server needed: these are th
 import math
 from urllib.parse import parse_qsl
 
+import gradio as gr
 import pytest
 
 from pipeline import GenerationRequest, RequestError
@@ -130,7 +131,7 @@ def test_a_link_round_trips_and_refuses_what_its_controls_would():
 
 def test_share_link_is_capped():
     from ui import Handlers
-    from ui.explore_tab import Explore
+    from ui.explore import Explore
     from pipeline import tiny_pipeline
 
     handlers = Explore(Handlers(tiny_pipeline()))
@@ -139,4 +140,4 @@ def test_share_link_is_capped():
     long_prompt = dict(BASE, prompt="an otter " * 1000, prompt_2="a watercolor " * 700)
     with pytest.raises(Exception) as info:
         handlers.share_link(*[long_prompt.get(name) for name in CONTROL_NAMES])
-    assert type(info.value).__name__ == "Error" and "at most 8,000" in str(info.value)
+    assert isinstance(info.value, gr.Error) and "at most 8,000" in str(info.value)

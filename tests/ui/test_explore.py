@@ -11,7 +11,7 @@ from pipeline.metadata import save_png
 from pipeline.presets import load_presets
 from ui import Handlers
 from ui.controls import CONTROL_NAMES
-from ui.explore_tab import GROUP_TITLES, PAGE_DEFAULTS, REQUEST_DEFAULTS, Explore
+from ui.explore import GROUP_TITLES, PAGE_DEFAULTS, REQUEST_DEFAULTS, Explore
 from ui.invert_tab import NOISE_TARGETS, Inversions
 from ui.streaming import History
 
@@ -90,8 +90,9 @@ def test_decomposition_seed_follows_seed(explore):
 
 
 def test_a_refused_value_marks_its_control_and_says_nothing_ran(explore):
-    with pytest.raises(gr.Error, match="Width: must be a multiple of 8"):
+    with pytest.raises(gr.Error, match="Width: must be a multiple of 8") as refusal:
         explore.check_run(*[page_values(width=100)[name] for name in CONTROL_NAMES])
-    status, style, *groups = explore.explain_invalid("Width: must be a multiple of 8 from 64 to 2048, got 100")
+    assert refusal.value.label == "Width"  # the error carries its control: the page reads no label out of the text
+    status, style, *groups = explore.explain_invalid(refusal.value.message, refusal.value.label)
     assert status.startswith("**Nothing ran:** Width") and "#ctl-width" in style
     assert opened(groups) == {GROUP_TITLES["size"]}

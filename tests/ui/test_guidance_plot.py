@@ -17,7 +17,7 @@ from pipeline.decompose import spread
 from pipeline.models import ToyPreviewDecoder
 from ui import Handlers, guidance_plot
 from ui.controls import CONTROL_NAMES
-from ui.explore_tab import GENERATE_OUTPUTS, Explore
+from ui.explore import GENERATE_OUTPUTS, Explore
 from tests.ui.test_explore import page_values
 
 BOUND = 1.0  # RMS of an x̂₀ difference in the toy's latent units: its data items lie within [-1, 1]

@@ -28,7 +28,7 @@ class OutOfMemoryAt:
 def test_out_of_memory_ends_the_run_with_advice_frees_the_cache_and_a_smaller_run_succeeds(client, tiny_pipe):
     oom = OutOfMemoryAt(tiny_pipe.unet, at=3, rows=8)  # 4 seeds under CFG: 8 rows
     with mock.patch.object(tiny_pipe.unet, "forward", oom), \
-            mock.patch("ui.handlers.free_cache") as free_cache:
+            mock.patch("ui.fields.free_cache") as free_cache:
         job, outputs = run(client, steps=5, num_seeds=4, seed=1)
         error = job.exception()
         assert error is not None, "the run should have failed"

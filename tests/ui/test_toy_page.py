@@ -19,7 +19,7 @@ from pipeline.models.toy import WORDS
 from pipeline.presets import load_presets
 from ui import Handlers, build_demo, render
 from ui.controls import BY_LABEL, CONTROL_NAMES, CONTROLS, TEXT
-from ui.explore_tab import Explore
+from ui.explore import Explore
 
 from .conftest import free_port
 

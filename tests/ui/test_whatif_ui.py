@@ -14,7 +14,7 @@ from pipeline.metadata import read_settings
 from pipeline.presets import load_presets
 from ui import Handlers
 from ui.controls import CONTROL_NAMES
-from ui.explore_tab import GENERATE_OUTPUTS, Explore
+from ui.explore import GENERATE_OUTPUTS, Explore
 from ui.handlers import WhatIfStore
 from ui.whatif import WhatIfPanel, difference_image
 
@@ -66,7 +66,7 @@ def test_the_whatif_at_the_runs_own_scale_is_the_recorded_step_and_another_scale
     assert [caption for _, caption in same] == ["seed 1 · s 7.5 · step 3", "seed 1 · Δ",
                                                 "seed 2 · s 7.5 · step 3", "seed 2 · Δ"]
     recorded = finished.whatif.entry(3).pred_x0
-    decoded = panel.explore.decoder("linear")(recorded)
+    decoded = panel.runs.decoder("linear")(recorded)
     assert np.abs(pixels(same[0][0]) - pixels(decoded[0])).max() == 0
     assert np.abs(pixels(same[1][0]) - 128).max() <= 1  # mid-grey: no difference
     assert "| 1 |" in summary and summary.count("0.000") >= 2  # ‖Δx̂₀‖ is 0 for both seeds
@@ -219,3 +219,40 @@ def whatif_norm(history, step: int):
     from pipeline import whatif
 
     return whatif(history.whatif, step, 1.0).difference_norm.max()
+
+
+class PlainRuns:
+    """A `RunStreams` that is not the Explore tab: the panel needs only this of the page that runs."""
+
+    def __init__(self, pipe):
+        self.pipe, self.admitted, self.streamed = pipe, [], []
+
+    def decoder(self, name):
+        from pipeline.previews import make_preview_decoder
+
+        return make_preview_decoder(name, self.pipe, None)
+
+    def admit(self, cache):
+        self.admitted.append(cache)
+        return cache
+
+    def stream_job(self, run, request, intro):
+        from ui.run_stream import run_update
+
+        self.streamed.append(run)
+        yield run_update(status=intro)
+        for frame in run.start().frames():
+            yield run_update(status=f"step {frame.step}/{frame.total}", history=run.history)
+
+
+def test_the_panel_runs_over_any_run_stream_not_only_the_explore_tab(finished, tiny_pipe):
+    """The what-if panel depends on `ui.run_stream.RunStreams` (issue 20), so a plain one serves it: the what-if
+    decodes with its decoder, and a fork is admitted to its store and streamed by it, from the revisited step."""
+    runs = PlainRuns(tiny_pipe)
+    panel = WhatIfPanel(runs)
+    gallery, summary = panel.preview(finished, 3, 2.0, "cfg", "linear")
+    assert len(gallery) == 4 and "scale 2**" in summary
+    updates = [dict(zip(GENERATE_OUTPUTS, u)) for u in panel.fork(finished, 3, 2.0, "cfg", "linear", 1, "pred_x0")]
+    assert "Continuing from step 3/6" in updates[0]["status"]
+    assert updates[-1]["status"] == f"step {STEPS}/{STEPS}" and len(runs.admitted) == len(runs.streamed) == 1
+    assert sorted(updates[-1]["history"].frames)[-1] == STEPS
