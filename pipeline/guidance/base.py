@@ -91,15 +91,24 @@ class Params:
 
 @dataclass(frozen=True, slots=True)
 class Param:
-    """A mode's own setting: a `GenerationRequest` field, with its default, its allowed range and its control."""
+    """A mode's own setting: a `GenerationRequest` field, with its default, its allowed range and its control.
+
+    One number, or (`length` > 0) a fixed number of them, e.g. FDG's scale per pyramid level: then `default`
+    is a tuple of that length, `range` applies to each entry, and JSON, PNG metadata and links carry a list.
+    """
 
     name: str
     label: str  # the page's control
-    default: float
+    default: float | tuple[float, ...]
     range: tuple[float, float]
     step: float
     info: str = ""
     integer: bool = False
+    length: int = 0  # 0: one number; n: a tuple of n floats
+
+    def __post_init__(self) -> None:
+        if self.length and (self.integer or not isinstance(self.default, tuple) or len(self.default) != self.length):
+            raise ValueError(f"Param {self.name!r}: a tuple Param's default is a tuple of {self.length} floats")
 
 
 @dataclass(frozen=True, slots=True)
