@@ -6,13 +6,19 @@ pipeline with the guider as its component (the helpers and tolerances of test_la
     tcfg           TangentialClassifierFreeGuidance(guidance_scale=s)
     magnitude_aware MagnitudeAwareGuidance(guidance_scale=s, alpha=mag_alpha)
     apg_mix        AdaptiveProjectedMixGuidance(guidance_scale=s, adaptive_projected_guidance_scale=s, ...)
+    fdg            FrequencyDecoupledGuidance(guidance_scales=fdg_scales) (needs kornia, as diffusers' guider does)
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from diffusers.guiders import AdaptiveProjectedMixGuidance, MagnitudeAwareGuidance, TangentialClassifierFreeGuidance
+from diffusers.guiders import (
+    AdaptiveProjectedMixGuidance,
+    FrequencyDecoupledGuidance,
+    MagnitudeAwareGuidance,
+    TangentialClassifierFreeGuidance,
+)
 
 from pipeline import GenerationRequest
 from pipeline.guidance.modes.apg import apg
@@ -73,6 +79,12 @@ def apg_mix_guider(req: GenerationRequest) -> AdaptiveProjectedMixGuidance:
         adaptive_projected_guidance_start_step=req.apg_mix_start_step, stop=req.guidance_interval[1])
 
 
+def fdg_guider(req: GenerationRequest) -> FrequencyDecoupledGuidance:
+    pytest.importorskip("kornia", reason="diffusers' FDG guider builds its pyramid with kornia")
+    return FrequencyDecoupledGuidance(guidance_scales=list(req.fdg_scales), start=req.guidance_interval[0],
+                                      stop=req.guidance_interval[1])
+
+
 def apg_mix_request(**changes) -> GenerationRequest:
     # a cap of 2: below the tiny UNet's and random_pairs' update norms, so APG differs from CFG
     return request(**{"mode": "apg_mix", "apg_mix_start_step": 1, "apg_mix_norm_threshold": 2.0, **changes})
@@ -89,6 +101,10 @@ CASES = [
     pytest.param(apg_mix_request(apg_mix_start_step=3, apg_mix_eta=0.5, apg_mix_momentum=0.3,
                                  guidance_interval=(0.0, 0.75)), apg_mix_guider, id="apg_mix-stop"),
     pytest.param(apg_mix_request(apg_mix_momentum=0.0), apg_mix_guider, id="apg_mix-no-momentum"),
+    pytest.param(request(mode="fdg"), fdg_guider, id="fdg-default-scales"),
+    pytest.param(request(mode="fdg", fdg_scales=(7.5, 2.0), guidance_interval=(0.2, 0.7)), fdg_guider,
+                 id="fdg-interval"),
+    pytest.param(request(mode="fdg", fdg_scales=(1.0, 1.0)), fdg_guider, id="fdg-all-ones-is-cond"),
 ]
 
 
@@ -147,6 +163,9 @@ RUN_CASES = [
     pytest.param(request(mode="magnitude_aware", mag_alpha=0.05), mambo_guider, "euler_a", id="mambo-euler_a"),
     pytest.param(apg_mix_request(), apg_mix_guider, "euler", id="apg_mix-euler"),
     pytest.param(apg_mix_request(apg_mix_start_step=2), apg_mix_guider, "dpmpp_2m", id="apg_mix-dpmpp_2m"),
+    pytest.param(request(mode="fdg"), fdg_guider, "euler", id="fdg-euler"),
+    pytest.param(request(mode="fdg", fdg_scales=(7.5, 2.0), guidance_interval=(0.2, 1.0)), fdg_guider, "dpmpp_2m",
+                 id="fdg-dpmpp_2m"),
 ]
 
 
