@@ -205,3 +205,14 @@ def test_apg_mix_refuses_settings_that_skip_its_first_steps(changes, field):
     with pytest.raises(RequestError) as error:
         apg_mix_request(**changes)
     assert error.value.field == field
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"guidance_schedule": "linear"}, "guidance_schedule"),  # FDG's scales replace s: a schedule of s is not read
+    ({"guidance_rescale": 0.7}, "guidance_rescale"),  # diffusers' FDG rescales per level, which this does not
+])
+def test_fdg_refuses_settings_it_would_ignore(changes, field):
+    with pytest.raises(RequestError) as error:
+        request(mode="fdg", **changes)
+    assert error.value.field == field
+    request(mode="cfg", **changes)  # fine for CFG
