@@ -100,9 +100,9 @@ def check(params: Params) -> tuple[str, str] | None:
 
 MODE = Mode(
     "fdg", "FDG (frequency-decoupled)",
-    r"$$\hat\epsilon = \mathcal{L}^{-1}\big(\{\, u_k + s_k\,(c_k - u_k) \,\}_k\big),\quad c_k, u_k = "
-    r"\mathcal{L}(\epsilon_c)_k, \mathcal{L}(\epsilon_u)_k$$ Frequency-decoupled guidance (Sadat et al. 2025, "
-    r"arXiv 2506.19713): CFG on each level of a Laplacian pyramid with its own scale, the fine details first. "
+    r"$$\hat\epsilon = \mathcal{L}^{-1}\big(\{\, u_k + s_k\,(c_k - u_k) \,\}_k\big)$$ Frequency-decoupled "
+    r"guidance (Sadat et al. 2025, arXiv 2506.19713): CFG on each level k of the Laplacian pyramids "
+    r"$c = \mathcal{L}(\epsilon_c)$, $u = \mathcal{L}(\epsilon_u)$ with its own scale, the fine details first. "
     r"A strong scale on the details and a mild one on the layout and colour sharpens without oversaturating. "
     r"Its scales replace the guidance scale.",
     needs, combine,
