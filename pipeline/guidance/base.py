@@ -128,6 +128,13 @@ class Combine(Protocol):
     def __call__(self, preds: Predictions, scale: float, params: Params, state: Any) -> Tensor: ...
 
 
+class CombineAtStep(Protocol):
+    """`combine` of a mode with `takes_step`: also told the 0-based index of the step it combines, as diffusers'
+    guiders are by `set_state(step=...)` (None where no step is known)."""
+
+    def __call__(self, preds: Predictions, scale: float, params: Params, state: Any, step: int | None) -> Tensor: ...
+
+
 class StepRule(Protocol):
     """How the scheduler's step uses the predictions, where a mode changes it (CFG++: x0 from the guided
     prediction, renoised with eps_u). Returns the prediction the scheduler steps with, (B, 4, H/f, W/f)."""
@@ -162,7 +169,7 @@ class Mode:
     label: str  # the page's choice
     formula: str  # LaTeX between $$, then one or two sentences: what the page shows under the choice
     needs: Callable[[float, Params], tuple[Part, ...]]  # predictions at scale s, in UNet batch order
-    combine: Combine
+    combine: Combine | CombineAtStep
     reads: tuple[str, ...] = ("prompt",)  # the request's text fields it reads; each must not be empty
     params: tuple[Param, ...] = ()
     uses: tuple[str, ...] = ()  # other request fields its callables read (weighted: "weighted_prompts")
@@ -174,6 +181,7 @@ class Mode:
     # (field, detail) of a problem; sees its fields and RUN_FIELDS
     check: Callable[[Params], tuple[str, str] | None] = _no_problem
     step_rule: StepRule | None = None  # None: the scheduler steps with the guided prediction, as for CFG
+    takes_step: bool = False  # True: `combine` also gets the step index (`CombineAtStep`)
 
     @property
     def fields(self) -> tuple[str, ...]:

@@ -53,10 +53,12 @@ def test_every_mode_combines_what_it_asks_for(name, scale):
     assert parts and len(set(parts)) == len(parts)
     g = torch.Generator().manual_seed(0)
     preds = {part: torch.randn(2, 4, 8, 8, generator=g) for part in parts}
-    out = _combine(_Lane(request, mode, slice(0, 2), {}, mode.new_state(request)), preds, scale, like=preds[parts[0]])
+    lane = _Lane(request, mode, slice(0, 2), {}, mode.new_state(request))
+    out = _combine(lane, preds, scale, like=preds[parts[0]], step=0)
     assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
     if len(parts) > 1 or not mode.guided:
-        assert isinstance(mode.combine(preds, scale, request, mode.new_state(request)), torch.Tensor)
+        step = (0,) if mode.takes_step else ()  # the step index, for a mode told it (apg_mix)
+        assert isinstance(mode.combine(preds, scale, request, mode.new_state(request), *step), torch.Tensor)
 
 
 def test_every_param_is_a_request_field_with_its_default():

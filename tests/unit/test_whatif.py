@@ -49,7 +49,7 @@ def test_apg_mix_is_not_recombined_part_way(tiny_pipe):
     """APG mix picks CFG or APG by its step count and carries momentum from the run's start: a what-if of one
     cached step has neither, so it is refused by name rather than guessed."""
     cache, _ = cached_run(tiny_pipe, request())
-    with pytest.raises(ValueError, match="mode: 'apg_mix' counts its steps"):
+    with pytest.raises(ValueError, match="mode: 'apg_mix' carries its momentum"):
         whatif(cache, 3, 5.0, "apg_mix")
     assert "apg_mix" not in cache.modes_at(3) and {"tcfg", "magnitude_aware", "fdg"} <= set(cache.modes_at(3))
 
