@@ -11,8 +11,9 @@ To add a mode, add a file here (its name is the mode's name) that holds:
   (pipeline/guidance/base.py says what each field means: per-run state, zero-init steps, checks, a step rule).
 
 `params` is a `Params` holding only the mode's own `Param`s (and the request fields named in `uses`): each
-`Param` (one number, or with `length=n` a tuple of n, as `modes/fdg.py`) becomes a `GenerationRequest` field, is range-checked, appears in the API, PNG metadata and links,
-and gets a control on the page, with no other file to edit. Then write its test. Nothing else changes.
+`Param` (one number, or with `length=n` a tuple of n, as `modes/fdg.py`) becomes a `GenerationRequest` field,
+is range-checked, appears in the API, PNG metadata and links, and gets a control on the page, with no other
+file to edit. Then write its test. Nothing else changes.
 """
 
 from __future__ import annotations
