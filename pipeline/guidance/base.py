@@ -121,7 +121,9 @@ class Combine(Protocol):
 
 class StepRule(Protocol):
     """How the scheduler's step uses the predictions, where a mode changes it (CFG++: x0 from the guided
-    prediction, renoised with eps_u). Returns the prediction the scheduler steps with, (B, 4, H/f, W/f)."""
+    prediction, renoised with eps_u). Returns the prediction the scheduler steps with, (B, 4, H/f, W/f). The
+    mode's clean estimate (the event's `pred_x0`, the previews) stays x0 of the guided prediction: a step rule
+    changes the renoising, not what the step believes the clean image is."""
 
     def __call__(self, guided: Tensor, preds: Predictions, params: Params, step: StepInfo) -> Tensor: ...
 
