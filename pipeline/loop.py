@@ -280,8 +280,8 @@ def _lane_step(lane: _Lane, plan: StepPlan, settings: GenerationRequest, preds: 
                                   alpha, prediction_type)
     own_x0 = None
     if step is not None and mode.step_rule is not None:
-        # A step rule changes how the sample is renoised, not the clean estimate: CFG++'s x0 is x0(eps_l)
-        # (Chung et al. 2024, arXiv 2406.08070), while the scheduler's, from the stepped prediction, is x0 of CFG at w_t.
+        # A step rule changes how the sample is renoised, not the clean estimate: CFG++'s x0 is x0(eps_l) (Chung
+        # et al. 2024, arXiv 2406.08070), while the scheduler's, from the stepped prediction, is x0 of CFG at w_t.
         own_x0 = pred_x0(guided, scaled[lane.rows], alpha, prediction_type)
     return _LaneStep(noise_pred, plan, norm, cosine, gap, decomposition, own_x0)
 

@@ -12,9 +12,9 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from pipeline import GenerationRequest, generate
-from pipeline.guidance.modes.cfg_pp import cfg_pp_step_prediction, equivalent_scale, equivalent_scales, run_sigmas
+from pipeline.guidance.modes.cfg_pp import cfg_pp_step_prediction, equivalent_scale, equivalent_scales
 from pipeline.request import RequestError
-from pipeline.schedulers import SCHEDULER_CLASSES, step_sigmas
+from pipeline.schedulers import SCHEDULER_CLASSES, run_sigmas, step_sigmas
 
 PROMPT = "an otter"
 SEEDS = (3, 8)
