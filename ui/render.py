@@ -115,7 +115,7 @@ def scale_control(mode: str, scale: float | None) -> dict:
         return {"label": SCALE_LABEL, "info": info, "interactive": used}
     low, high = own.range
     if scale is not None and not low <= scale <= high:  # never clamped: Generate refuses it, and the page says why
-        info = f"⚠️ {scale:g} is not a {own.symbol} from {low:g} to {high:g}: Generate would refuse it. {info}"
+        info = f"⚠️ {scale:g} is not a {own.symbol} in [{low:g}, {high:g}]: Generate would refuse it. {info}"
     return {"label": f"{SCALE_LABEL} {own.symbol} ({low:g} to {high:g})", "info": info, "interactive": used}
 
 

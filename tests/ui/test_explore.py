@@ -106,10 +106,13 @@ def test_cfg_pp_names_its_scale_lambda_and_says_7_5_is_refused(explore):
     assert cfg["label"] == "Guidance scale" and cfg["info"].startswith("s: 1 is no guidance")
     at_default = explore.describe_scale("cfg_pp", 7.5)
     assert at_default["label"] == "Guidance scale λ (0 to 1)" and at_default["interactive"]
-    assert "7.5 is not a λ from 0 to 1: Generate would refuse it" in at_default["info"]
+    assert "7.5 is not a λ in [0, 1]: Generate would refuse it" in at_default["info"]
     assert "λ from 0 to 1" in explore.describe_scale("cfg_pp", 0.6)["info"]
     assert "refuse it" not in explore.describe_scale("cfg_pp", 0.6)["info"]
     assert "7.5 is refused, not clamped" in explore.describe_mode("cfg_pp")[0]  # the mode's note
+    values = page_values(mode="cfg_pp", guidance_scale=7.5)
+    plot, line = explore.describe_schedule(*[values[name] for name in CONTROL_NAMES])
+    assert plot == gr.skip() and "must be in [0, 1], got 7.5" in line
 
 
 @pytest.mark.parametrize("scheduler", ["euler", "ddim"])

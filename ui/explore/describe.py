@@ -74,6 +74,11 @@ class DescribeRoom:
         settings = dict(zip(CONTROL_NAMES, values))
         try:
             r = request_from_settings(settings)
+        except RequestError as exc:
+            if exc.field != "guidance_scale":  # half-edited controls: keep the last curve until valid
+                return gr.skip(), gr.skip()
+            # a scale the mode refuses (CFG++ at CFG's 7.5): say so rather than show the old curve as if current
+            return gr.skip(), f"⚠️ The curve is the last valid settings': **Guidance scale** {exc.detail}."
         except (ValueError, TypeError, KeyError):  # half-edited controls: keep the last curve until valid
             return gr.skip(), gr.skip()
         scales = guidance_scales(r.guidance_scale, r.steps, r.guidance_schedule, r.guidance_interval, r.guidance_cutoff)
