@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from .conditioning import PromptEmbeds, encode, encode_part
-from .decompose import Decomposition, alpha_bar, decompose, x0_difference
+from .decompose import Decomposition, alpha_bar, decompose, pred_x0, x0_difference
 from .guidance import (  # noqa: F401 (UNCOND: for callers)
     COND, UNCOND, Mode, Part, StepInfo, combine, guidance_mode, guidance_stats, step_prediction,
 )
@@ -44,7 +44,9 @@ class StepEvent:
     timestep: float
     seeds: tuple[int, ...]
     latents: Tensor  # x_{t-1}, (B, 4, H/f, W/f), f = pipe.vae_scale_factor
-    pred_x0: Tensor  # the scheduler's clean-latent estimate, (B, 4, H/f, W/f): the preview source
+    # the clean-latent estimate, (B, 4, H/f, W/f): the preview source. The scheduler's, or where the mode has a step
+    # rule (CFG++) the mode's own x0 of its guided prediction, which the scheduler's stepped prediction is not
+    pred_x0: Tensor
     guidance_scale: float = 1.0  # the scale used at this step (after schedule and interval)
     unet_passes: int = 1  # predictions computed per image at this step (0, 1, 2, or more: Perp-Neg, weighted)
     guidance_norm: Tensor | None = None  # ||eps_c - eps_u|| per image, (B,); None where one pass ran
@@ -203,6 +205,7 @@ class _LaneStep:
     cosine: Tensor | None
     guidance_x0: Tensor | None
     decomposition: Decomposition | None
+    pred_x0: Tensor | None = None  # the mode's own clean estimate where its step rule sets one; else the scheduler's
 
 
 class _UNetBatch:
@@ -276,7 +279,12 @@ def _lane_step(lane: _Lane, plan: StepPlan, settings: GenerationRequest, preds: 
     if seed is not None:
         decomposition = decompose(seed, lane.request.seeds.index(seed), scaled[lane.rows], baseline, cond, guided,
                                   alpha, prediction_type)
-    return _LaneStep(noise_pred, plan, norm, cosine, gap, decomposition)
+    own_x0 = None
+    if step is not None and mode.step_rule is not None:
+        # A step rule changes how the sample is renoised, not the clean estimate: CFG++'s x0 is x0(eps_l) (Chung
+        # et al. 2024, arXiv 2406.08070), while the scheduler's, from the stepped prediction, is x0 of CFG at w_t.
+        own_x0 = pred_x0(guided, scaled[lane.rows], alpha, prediction_type)
+    return _LaneStep(noise_pred, plan, norm, cosine, gap, decomposition, own_x0)
 
 
 def _check_batchable(requests: Sequence[GenerationRequest]) -> None:
@@ -376,7 +384,8 @@ def _events(lanes: list[_Lane], steps: list[_LaneStep], i: int, total: int, time
     return tuple(
         StepEvent(
             step=i + 1, total=total, timestep=timestep, seeds=lane.request.seeds, latents=latents[lane.rows],
-            pred_x0=x0[lane.rows], guidance_scale=step.plan.scale, unet_passes=len(step.plan.parts),
+            pred_x0=x0[lane.rows] if step.pred_x0 is None else step.pred_x0,
+            guidance_scale=step.plan.scale, unet_passes=len(step.plan.parts),
             guidance_norm=step.guidance_norm, cosine=step.cosine, guidance_x0=step.guidance_x0,
             decomposition=step.decomposition,
             unet_chunks=unet_chunks, record=record,

@@ -100,3 +100,16 @@ def step_sigmas(scheduler: SchedulerMixin, timestep: torch.Tensor) -> tuple[floa
     previous = int(timestep) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     a, a_next = float(alphas[int(timestep)]), float(alphas[previous] if previous >= 0 else scheduler.final_alpha_cumprod)
     return ((1 - a) / a) ** 0.5, ((1 - a_next) / a_next) ** 0.5
+
+
+def run_sigmas(scheduler: SchedulerMixin, steps: int) -> list[tuple[float, float]]:
+    """(sigma, sigma_next) of every step of a `steps`-step run of `scheduler` (a fresh one: this sets its
+    timesteps), as the loop's step rule sees them (`step_sigmas`): what CFG++'s equivalent CFG scale is drawn
+    from."""
+    scheduler.set_timesteps(steps)
+    sigmas = []
+    for t in scheduler.timesteps:
+        sigmas.append(step_sigmas(scheduler, t))
+        if getattr(scheduler, "step_index", None) is not None:  # sigma-based: where its step() would move on
+            scheduler._step_index += 1
+    return sigmas

@@ -38,6 +38,7 @@ CONTROL_INFO = {
     "guidance_scale": "s: 1 is no guidance, 0 is the baseline alone.",
     "uncond": "What 'unconditional' means: SDXL's all-zero embeddings, or the encoded empty prompt.",
 }
+SCALE_LABEL = "Guidance scale"  # the control's label (ui.controls); a mode with its own scale adds its symbol
 # Per mode, the controls it does not read, and why (shown in place of their info line, and greyed out).
 UNUSED_BY_MODE = {
     "negative_direction": {"uncond": "the negative direction prompt's prediction is the baseline"},
@@ -97,10 +98,25 @@ def shown_value(name: str, value: object) -> str:
 def control_notes(mode: str) -> dict[str, tuple[str, bool]]:
     """Per mode-dependent control: (info line, whether the mode reads it)."""
     unused = UNUSED_BY_MODE.get(mode, {})
+    own = GUIDANCE_MODES[mode].scale if mode in GUIDANCE_MODES else None
+    infos = {**CONTROL_INFO, "guidance_scale": own.info} if own else CONTROL_INFO
     return {
         name: (f"⊘ Not used by {mode_label(mode)}: {unused[name]}." if name in unused else info, name not in unused)
-        for name, info in CONTROL_INFO.items()
+        for name, info in infos.items()
     }
+
+
+def scale_control(mode: str, scale: float | None) -> dict:
+    """The Guidance scale control's label, info line and whether the mode reads it: CFG's s, or the scale the
+    mode's table entry declares (CFG++'s λ in [0, 1]), saying so where the value it holds would be refused."""
+    info, used = control_notes(mode)["guidance_scale"]
+    own = GUIDANCE_MODES[mode].scale if mode in GUIDANCE_MODES else None
+    if own is None:
+        return {"label": SCALE_LABEL, "info": info, "interactive": used}
+    low, high = own.range
+    if scale is not None and not low <= scale <= high:  # never clamped: Generate refuses it, and the page says why
+        info = f"⚠️ {scale:g} is not a {own.symbol} in [{low:g}, {high:g}]: Generate would refuse it. {info}"
+    return {"label": f"{SCALE_LABEL} {own.symbol} ({low:g} to {high:g})", "info": info, "interactive": used}
 
 
 def truncation_warning(report: list[Truncation]) -> str:
@@ -154,6 +170,17 @@ def weights_line(weights: list[float]) -> str:
 
 def scale_table(scales: list[float]) -> pd.DataFrame:
     return pd.DataFrame({"step": list(range(1, len(scales) + 1)), "guidance scale": scales})
+
+
+SCALE_PLOT = "Guidance scale per step"  # in CFG's s: a mode with its own scale plots the CFG scale it equals
+
+
+def equivalent_line(request, symbol: str, omegas: list[float]) -> str:
+    """Why the plot shows ω_t, not the mode's own scale (CFG++: Chung et al. 2024, written as CFG)."""
+    scheduler = SCHEDULER_TABLE[request.scheduler].label
+    return (f"**The plot is the equivalent CFG scale**, not {symbol}: ω_t = {symbol} σ_t / (σ_t − σ_t₋₁) with "
+            f"{scheduler} over {request.steps} steps: **{omegas[0]:.3g}** at step 1, **{omegas[-1]:.3g}** at the last. Smaller "
+            f"steps make ω_t larger: that is why the same {symbol} guides harder with more steps.")
 
 
 def passes_line(passes: list[int], request) -> str:

@@ -112,6 +112,19 @@ class Param:
 
 
 @dataclass(frozen=True, slots=True)
+class Scale:
+    """How a mode's guidance scale differs from CFG's s, where it does (CFG++'s λ in [0, 1]): what the page's
+    Guidance scale control is called, its allowed range and its info line."""
+
+    symbol: str  # as the mode's formula writes it
+    range: tuple[float, float]
+    info: str
+    # The CFG scale one step at this scale equals, from (scale, sigma, sigma_next) (`StepInfo`); the schedule
+    # plot draws it in place of the scale. None: no such equivalence.
+    equivalent: Callable[[float, float, float], float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StepInfo:
     """What a step rule may read about the step being taken. sigma = sqrt((1 - alpha_bar) / alpha_bar), the
     noise level in the variance-exploding units every scheduler shares (Karras et al. 2022, eq. 1)."""
@@ -137,7 +150,9 @@ class CombineAtStep(Protocol):
 
 class StepRule(Protocol):
     """How the scheduler's step uses the predictions, where a mode changes it (CFG++: x0 from the guided
-    prediction, renoised with eps_u). Returns the prediction the scheduler steps with, (B, 4, H/f, W/f)."""
+    prediction, renoised with eps_u). Returns the prediction the scheduler steps with, (B, 4, H/f, W/f). The
+    mode's clean estimate (the event's `pred_x0`, the previews) stays x0 of the guided prediction: a step rule
+    changes the renoising, not what the step believes the clean image is."""
 
     def __call__(self, guided: Tensor, preds: Predictions, params: Params, step: StepInfo) -> Tensor: ...
 
@@ -182,6 +197,7 @@ class Mode:
     check: Callable[[Params], tuple[str, str] | None] = _no_problem
     step_rule: StepRule | None = None  # None: the scheduler steps with the guided prediction, as for CFG
     takes_step: bool = False  # True: `combine` also gets the step index (`CombineAtStep`)
+    scale: Scale | None = None  # None: the guidance scale is CFG's s
 
     @property
     def fields(self) -> tuple[str, ...]:

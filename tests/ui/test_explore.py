@@ -74,12 +74,13 @@ def test_use_this_noise_says_what_changed_in_explore(explore, tiny_pipe):
 
 def test_controls_a_mode_ignores_are_marked(explore):
     shown = explore.describe_mode("negative_direction")
-    negative, (prompt, prompt_2, scale, uncond) = shown[1], shown[-4:]
+    negative, (prompt, prompt_2, uncond) = shown[1], shown[-3:]
     assert negative["visible"] is True
     assert uncond["interactive"] is False and "Not used by Custom negative direction" in uncond["info"]
     assert prompt["interactive"] is True
-    prompt, prompt_2, scale, uncond = explore.describe_mode("weighted")[-4:]
-    assert not prompt["interactive"] and not prompt_2["interactive"] and not scale["interactive"]
+    prompt, prompt_2, uncond = explore.describe_mode("weighted")[-3:]
+    assert not prompt["interactive"] and not prompt_2["interactive"]
+    assert not explore.describe_scale("weighted", 7.5)["interactive"]
     assert explore.describe_guidance_schedule("linear")["visible"] is False
     assert explore.describe_guidance_schedule("cutoff")["visible"] is True
 
@@ -96,3 +97,39 @@ def test_a_refused_value_marks_its_control_and_says_nothing_ran(explore):
     status, style, *groups = explore.explain_invalid(refusal.value.message, refusal.value.label)
     assert status.startswith("**Nothing ran:** Width") and "#ctl-width" in style
     assert opened(groups) == {GROUP_TITLES["size"]}
+
+
+def test_cfg_pp_names_its_scale_lambda_and_says_7_5_is_refused(explore):
+    """The scale's name, range and info come from the mode's table entry (`Mode.scale`); switching to CFG++ at
+    the page's 7.5 says Generate would refuse it (never clamped), and a λ in [0, 1] drops the warning."""
+    cfg = explore.describe_scale("cfg", 7.5)
+    assert cfg["label"] == "Guidance scale" and cfg["info"].startswith("s: 1 is no guidance")
+    at_default = explore.describe_scale("cfg_pp", 7.5)
+    assert at_default["label"] == "Guidance scale λ (0 to 1)" and at_default["interactive"]
+    assert "7.5 is not a λ in [0, 1]: Generate would refuse it" in at_default["info"]
+    assert "λ from 0 to 1" in explore.describe_scale("cfg_pp", 0.6)["info"]
+    assert "refuse it" not in explore.describe_scale("cfg_pp", 0.6)["info"]
+    assert "7.5 is refused, not clamped" in explore.describe_mode("cfg_pp")[0]  # the mode's note
+    values = page_values(mode="cfg_pp", guidance_scale=7.5)
+    plot, line = explore.describe_schedule(*[values[name] for name in CONTROL_NAMES])
+    assert plot == gr.skip() and "must be in [0, 1], got 7.5" in line
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "ddim"])
+def test_cfg_pp_schedule_plot_is_the_equivalent_cfg_scale(explore, tiny_pipe, scheduler):
+    """The plot draws w_t = l sigma_t / (sigma_t - sigma_next) on the run's scheduler and steps (exactly
+    `equivalent_scales`), 1 outside the guidance interval; the line under it says why more steps guide harder."""
+    from pipeline.guidance.modes.cfg_pp import equivalent_scales
+    from pipeline.schedulers import SCHEDULER_CLASSES, run_sigmas
+
+    values = page_values(mode="cfg_pp", guidance_scale=0.6, steps=12, scheduler=scheduler, eta=0.0,
+                         interval_start=0.0, interval_stop=0.75)
+    plot, line = explore.describe_schedule(*[values[name] for name in CONTROL_NAMES])
+    fresh = SCHEDULER_CLASSES[scheduler].from_config(tiny_pipe.scheduler.config)
+    expected = equivalent_scales(0.6, run_sigmas(fresh, 12))
+    assert list(plot["guidance scale"]) == expected[:9] + [1.0] * 3
+    assert expected[0] < expected[8]  # smaller steps near the end of the interval: a larger w_t
+    assert "equivalent CFG scale" in line and "same λ guides harder with more steps" in line
+    plot, line = explore.describe_schedule(*[page_values(steps=12)[name] for name in CONTROL_NAMES])
+    assert list(plot["guidance scale"]) == [7.5] * 12
+    assert "ω_t" not in line

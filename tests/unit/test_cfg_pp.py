@@ -12,9 +12,9 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from pipeline import GenerationRequest, generate
-from pipeline.guidance.modes.cfg_pp import cfg_pp_step_prediction, equivalent_scale, equivalent_scales, run_sigmas
+from pipeline.guidance.modes.cfg_pp import cfg_pp_step_prediction, equivalent_scale, equivalent_scales
 from pipeline.request import RequestError
-from pipeline.schedulers import SCHEDULER_CLASSES, step_sigmas
+from pipeline.schedulers import SCHEDULER_CLASSES, run_sigmas, step_sigmas
 
 PROMPT = "an otter"
 SEEDS = (3, 8)
@@ -136,3 +136,24 @@ def test_whatif_recombines_a_cfg_run_into_cfg_pp_without_the_unet(tiny_pipe):
     pp, cfg = whatif(cache, 3, 0.6, "cfg_pp"), whatif(cache, 3, 0.6, "cfg")
     torch.testing.assert_close(pp.pred_x0, cfg.pred_x0, atol=0, rtol=0)
     assert pp.difference_norm.min() > 0
+
+
+def test_a_cfg_pp_events_clean_estimate_is_its_own(tiny_pipe):
+    """The previews show CFG++'s x0, x - sigma eps_l (Euler's VE units), not the scheduler's estimate from the
+    stepped prediction (CFG at w_t), which guides harder. Steps 2 on (step 1's input is not on an event);
+    float32, tolerance 1e-4; the scheduler's estimate was measured 0.17 away at step 2, shrinking to 0 at the
+    last step (sigma_next = 0, where w_t = l)."""
+    from pipeline.guidance import COND, UNCOND
+
+    req = GenerationRequest(prompt=PROMPT, steps=STEPS, seeds=SEEDS, width=64, height=64, mode="cfg_pp",
+                            guidance_scale=0.6, scheduler="euler")
+    events = list(generate(tiny_pipe, req, record=True))
+    sigmas = run_sigmas(SCHEDULER_CLASSES["euler"].from_config(tiny_pipe.scheduler.config), STEPS)
+    gaps = []
+    for before, event, (sigma, sigma_next) in zip(events, events[1:], sigmas[1:]):
+        eps_u, eps_c = event.record.predictions[UNCOND], event.record.predictions[COND]
+        eps_l = eps_u + 0.6 * (eps_c - eps_u)
+        torch.testing.assert_close(event.pred_x0, before.latents - sigma * eps_l, atol=1e-4, rtol=1e-4)
+        schedulers = before.latents - sigma * event.record.noise_pred  # x0 of the stepped prediction
+        gaps.append(float((schedulers - event.pred_x0).abs().max()))
+    assert max(gaps) > 1e-2  # what the event showed before: the scheduler's estimate

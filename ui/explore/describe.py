@@ -14,13 +14,16 @@ from pipeline.guidance import GUIDANCE_MODES
 from pipeline.inversion import fit_size
 from pipeline.loop import img2img_start, plan_passes
 from pipeline.models.toy import draw
-from pipeline.schedulers import SCHEDULER_TABLE
-from pipeline.schedules import SCHEDULE_TABLE, guidance_scales
+from pipeline.schedulers import SCHEDULER_TABLE, make_scheduler, run_sigmas
+from pipeline.schedules import SCHEDULE_TABLE, guidance_scales, in_interval
 from pipeline.uploads import load_image
 
 from .. import render
 from ..controls import CONTROL_NAMES, read, request_from_settings
 from ..fields import gr_error
+
+# Controls whose info line follows the mode; Guidance scale has its own handler, which also reads its value
+NOTED = tuple(name for name in render.CONTROL_INFO if name != "guidance_scale")
 
 
 class DescribeRoom:
@@ -35,8 +38,13 @@ class DescribeRoom:
             gr.update(visible="negative_prompt" in reads),
             gr.update(visible=mode == "weighted"),
             *(gr.update(visible=mode == other.name) for other in render.MODES_WITH_PARAMS),
-            *(gr.update(info=info, interactive=used) for info, used in notes.values()),
+            *(gr.update(info=notes[name][0], interactive=notes[name][1]) for name in NOTED),
         )
+
+    def describe_scale(self, mode: str, scale: float | None):
+        """Guidance scale's label and info as the mode names it (s, or CFG++'s λ from 0 to 1), and why Generate
+        would refuse the value it holds in this mode: switching to CFG++ at 7.5 says so, rather than clamp it."""
+        return gr.update(**render.scale_control(mode, scale if isinstance(scale, (int, float)) else None))
 
     def describe_guidance_schedule(self, schedule: str):
         """Cutoff shows where the schedule reads it (its registry entry says so: the cutoff schedule's)."""
@@ -66,11 +74,28 @@ class DescribeRoom:
         settings = dict(zip(CONTROL_NAMES, values))
         try:
             r = request_from_settings(settings)
+        except RequestError as exc:
+            if exc.field != "guidance_scale":  # half-edited controls: keep the last curve until valid
+                return gr.skip(), gr.skip()
+            # a scale the mode refuses (CFG++ at CFG's 7.5): say so rather than show the old curve as if current
+            return gr.skip(), f"⚠️ The curve is the last valid settings': **Guidance scale** {exc.detail}."
         except (ValueError, TypeError, KeyError):  # half-edited controls: keep the last curve until valid
             return gr.skip(), gr.skip()
         scales = guidance_scales(r.guidance_scale, r.steps, r.guidance_schedule, r.guidance_interval, r.guidance_cutoff)
-        passes = plan_passes(r)
-        return render.scale_table(scales), render.passes_line(passes, r)
+        passes, own = plan_passes(r), GUIDANCE_MODES[r.mode].scale
+        if own is None or own.equivalent is None:
+            return render.scale_table(scales), render.passes_line(passes, r)
+        # the plot's data alone, as for every mode (the API's shape): the line under it says it is ω_t
+        omegas = self.equivalent_scales(r, scales, own.equivalent)
+        line = f"{render.passes_line(passes, r)} {render.equivalent_line(r, own.symbol, omegas)}"
+        return render.scale_table(omegas), line
+
+    def equivalent_scales(self, r, scales: list[float], equivalent) -> list[float]:
+        """The CFG scale each step equals (CFG++: w_t = l sigma_t / (sigma_t - sigma_next)) on the run's own
+        scheduler and steps; 1 outside the guidance interval, where only the prompt's prediction is taken."""
+        sigmas = run_sigmas(make_scheduler(self.pipe, r.scheduler), r.steps)
+        return [equivalent(scale, *sigma) if in_interval(i, r.steps, r.guidance_interval) else 1.0
+                for i, (scale, sigma) in enumerate(zip(scales, sigmas))]
 
     def describe_strength(self, image, strength: float, steps: float) -> str:
         if image is None:

@@ -112,7 +112,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> ExploreView:
                 c["guidance_rescale"] = _control(
                     FieldSlider, "guidance_rescale", step=0.05,
                     info="φ of Lin et al. (2023): pulls the guided prediction's spread back to the conditional one's.")
-                out["scale_plot"] = gr.LinePlot(x="step", y="guidance scale", label="Guidance scale per step",
+                out["scale_plot"] = gr.LinePlot(x="step", y="guidance scale", label=render.SCALE_PLOT,
                                                 height=180)
                 out["passes"] = gr.Markdown()
             with gr.Accordion(GROUP_TITLES["size"], open=False, elem_id="group-size") as out["group_size"]:

@@ -8,6 +8,7 @@ from pipeline.request import MAX_WEIGHTED_PROMPTS
 
 from .. import render
 from ..whatif import RUNNING, SHOW_RUN, WhatIfPanel
+from .describe import NOTED
 from .tab import Explore
 from .view import ExploreView
 
@@ -95,7 +96,10 @@ def _wire_descriptions(demo: gr.Blocks, explore: Explore, view: ExploreView) -> 
     c["mode"].change(explore.describe_mode, inputs=c["mode"],
                      outputs=[view.formula, view.negative_group, view.weighted_group,
                               *(view.mode_params[mode.name] for mode in render.MODES_WITH_PARAMS),
-                              *(c[name] for name in render.CONTROL_INFO)], api_name="describe_mode")
+                              *(c[name] for name in NOTED)], api_name="describe_mode")
+    gr.on([c["mode"].change, c["guidance_scale"].change], explore.describe_scale,
+          inputs=[c["mode"], c["guidance_scale"]], outputs=c["guidance_scale"], api_name="describe_scale",
+          show_progress="hidden")
     c["guidance_schedule"].change(explore.describe_guidance_schedule, inputs=c["guidance_schedule"],
                                   outputs=c["guidance_cutoff"], api_name="describe_guidance_schedule")
     c["decompose"].change(lambda on: (gr.update(visible=on), gr.update(visible=on)), inputs=c["decompose"],

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..base import COND, UNCOND, Mode, Params, Predictions, StepInfo
+from ..base import COND, UNCOND, Mode, Params, Predictions, Scale, StepInfo
 from .cfg import cfg
 
 ORDER = 130
@@ -31,23 +31,15 @@ def equivalent_scale(lam: float, sigma: float, sigma_next: float) -> float:
 
 
 def equivalent_scales(lam: float, sigmas: list[tuple[float, float]]) -> list[float]:
-    """w_t of every step, from each step's (sigma, sigma_next) (`pipeline.schedulers.step_sigmas`): the curve a
+    """w_t of every step, from each step's (sigma, sigma_next) (`pipeline.schedulers.run_sigmas`): the curve a
     schedule plot shows for CFG++ in place of the constant l."""
     return [equivalent_scale(lam, sigma, sigma_next) for sigma, sigma_next in sigmas]
 
 
-def run_sigmas(scheduler: Any, steps: int) -> list[tuple[float, float]]:
-    """(sigma, sigma_next) of every step of a `steps`-step run of `scheduler` (a fresh one: this sets its
-    timesteps), as the loop's step rule sees them."""
-    from ...schedulers import step_sigmas  # not at import: pipeline.schedulers is not part of the mode table
-
-    scheduler.set_timesteps(steps)
-    sigmas = []
-    for t in scheduler.timesteps:
-        sigmas.append(step_sigmas(scheduler, t))
-        if getattr(scheduler, "step_index", None) is not None:  # sigma-based: where its step() would move on
-            scheduler._step_index += 1
-    return sigmas
+# l is a fraction of the way from eps_u to eps_c, not CFG's s: the page names it, says a CFG scale is refused, and
+# plots the CFG scale w_t each step equals
+SCALE = Scale("λ", (0.0, 1.0), "λ from 0 to 1 (CFG++'s scale, not CFG's s): 0 is ε_u alone, 1 the conditional "
+                               "clean estimate. A CFG scale such as 7.5 is refused, not clamped.", equivalent_scale)
 
 
 def cfg_pp_step_prediction(guided: Tensor, noise_pred_uncond: Tensor, sigma: float, sigma_next: float) -> Tensor:
@@ -74,8 +66,10 @@ def step_rule(guided: Tensor, preds: Predictions, params: Params, step: StepInfo
 
 
 def check(params: Params) -> tuple[str, str] | None:
-    if not 0.0 <= params.guidance_scale <= 1.0:
-        return "guidance_scale", f"is λ in mode 'cfg_pp' and must be in [0, 1], got {params.guidance_scale:g}"
+    low, high = SCALE.range
+    if not low <= params.guidance_scale <= high:
+        return "guidance_scale", f"is λ in mode 'cfg_pp' and must be in [{low:g}, {high:g}], " \
+                                 f"got {params.guidance_scale:g}"
     if params.scheduler not in SCHEDULERS:
         return "scheduler", f"must be one of {', '.join(SCHEDULERS)} in mode 'cfg_pp' (a first-order step), " \
                             f"got {params.scheduler!r}"
@@ -89,6 +83,8 @@ MODE = Mode(
     r"$$\hat x_0 = \hat x_0(\epsilon_u + \lambda\,(\epsilon_c - \epsilon_u)),\quad "
     r"x_{t-1} = \text{renoise}(\hat x_0, \epsilon_u)$$ Chung et al. (2024): the clean estimate is guided, the "
     r"renoising is not. The guidance scale is $\lambda \in [0, 1]$. It equals CFG at "
-    r"$\omega_t = \lambda\,\sigma_t / (\sigma_t - \sigma_{t-1})$, so the same $\lambda$ guides harder with more steps.",
-    needs, combine, uses=("scheduler", "eta"), check=check, step_rule=step_rule,
+    r"$\omega_t = \lambda\,\sigma_t / (\sigma_t - \sigma_{t-1})$, so the same $\lambda$ guides harder with more "
+    r"steps (the schedule plot shows $\omega_t$). "
+    r"A CFG scale such as 7.5 is refused, not clamped: set $\lambda$ from 0 to 1.",
+    needs, combine, uses=("scheduler", "eta"), check=check, step_rule=step_rule, scale=SCALE,
 )
