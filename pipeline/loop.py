@@ -95,6 +95,7 @@ class StepPlan(NamedTuple):
 
     parts: tuple[Part, ...]  # the predictions, in UNet batch order (diffusers': [baseline, prompt])
     scale: float  # the guidance scale the step uses
+    step: int | None = None  # its 0-based index, which a mode that `takes_step` is told
 
 
 def _plan(request: GenerationRequest, i: int, total: int) -> StepPlan:
@@ -104,14 +105,14 @@ def _plan(request: GenerationRequest, i: int, total: int) -> StepPlan:
     mode = guidance_mode(request.mode)
     params = mode.params_of(request)  # all the mode sees of the request
     if i < mode.zero_steps(params):
-        return StepPlan((), 0.0)  # the prediction is 0, and no UNet pass is needed for it
+        return StepPlan((), 0.0, i)  # the prediction is 0, and no UNet pass is needed for it
     if not mode.guided:
-        return StepPlan(mode.needs(1.0, params), 1.0)
+        return StepPlan(mode.needs(1.0, params), 1.0, i)
     if not in_interval(i, total, request.guidance_interval):
-        return StepPlan((COND,), 1.0)  # outside the interval: no guidance, the conditional prediction alone
+        return StepPlan((COND,), 1.0, i)  # outside the interval: no guidance, the conditional prediction alone
     p = progress(i, total)
     scale = scheduled_scale(request.guidance_schedule, request.guidance_scale, p, request.guidance_cutoff)
-    return StepPlan(mode.needs(scale, params), scale)
+    return StepPlan(mode.needs(scale, params), scale, i)
 
 
 def plan_passes(request: GenerationRequest) -> list[int]:
@@ -189,9 +190,9 @@ def _lanes(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest
     return lanes
 
 
-def _combine(lane: _Lane, preds: dict[Part, Tensor], scale: float, like: Tensor) -> Tensor:
+def _combine(lane: _Lane, preds: dict[Part, Tensor], scale: float, like: Tensor, step: int | None = None) -> Tensor:
     """`combine` with a lane's own request and per-run state."""
-    return combine(lane.request, preds, scale, like, lane.state)
+    return combine(lane.request, preds, scale, like, lane.state, step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +268,7 @@ def _lane_step(lane: _Lane, plan: StepPlan, settings: GenerationRequest, preds: 
     """Combine one lane's predictions, with the diagnostics its events carry. `noise_pred` is what the scheduler
     steps with: the guided prediction, or what the mode's step rule makes of it (`step` given where one has one)."""
     mode = guidance_mode(settings.mode)
-    guided = combine(settings, preds, plan.scale, latents[lane.rows], lane.state)
+    guided = combine(settings, preds, plan.scale, latents[lane.rows], lane.state, plan.step)
     noise_pred = step_prediction(mode, settings, guided, preds, step)
     baseline, cond = preds.get(mode.baseline), preds.get(COND)
     norm = cosine = gap = decomposition = None

@@ -80,6 +80,17 @@ def _check_float_range(field: str, value: Any, lo: float, hi: float) -> None:
         raise RequestError(field, f"must be from {lo} to {hi}, got {_short(value)}")
 
 
+def _check_floats(field: str, value: Any, length: int, lo: float, hi: float) -> None:
+    """A tuple Param (`Param.length`): exactly `length` finite numbers, each from lo to hi."""
+    if not isinstance(value, tuple) or len(value) != length:
+        raise RequestError(field, f"must be {length} numbers, each from {lo} to {hi}, got {_short(value)}")
+    for k, entry in enumerate(value, 1):
+        if isinstance(entry, bool) or not isinstance(entry, (int, float)) or not math.isfinite(entry):
+            raise RequestError(field, f"entry {k} must be a finite number from {lo} to {hi}, got {_short(entry)}")
+        if not lo <= entry <= hi:
+            raise RequestError(field, f"entry {k} must be from {lo} to {hi}, got {_short(entry)}")
+
+
 def check_text(field: str, value: Any) -> None:
     """Text a tokenizer can take: a str of at most MAX_PROMPT_CHARS, and valid Unicode (JSON can carry a lone
     surrogate such as "\\ud800", which no UTF-8 tokenizer can encode)."""
@@ -125,7 +136,7 @@ def _with_mode_params(cls: type) -> type:
     """Add every mode's own parameters (`MODE_PARAMS`: apg_eta, zero_init_steps, perp_neg_scale...) as fields
     with their defaults, so that a mode declares a parameter once, in its table entry."""
     for param in MODE_PARAMS.values():
-        cls.__annotations__[param.name] = "int" if param.integer else "float"
+        cls.__annotations__[param.name] = "tuple[float, ...]" if param.length else "int" if param.integer else "float"
         setattr(cls, param.name, param.default)
     return cls
 
@@ -184,6 +195,9 @@ class GenerationRequest:
             object.__setattr__(self, "weighted_prompts", tuple(tuple(p) for p in self.weighted_prompts))
         if isinstance(self.forks, (list, tuple)):
             object.__setattr__(self, "forks", tuple(ForkPoint.of(p) for p in self.forks))
+        for param in MODE_PARAMS.values():
+            if param.length and isinstance(getattr(self, param.name), list):
+                object.__setattr__(self, param.name, tuple(getattr(self, param.name)))
         for name in ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2"):
             check_text(name, getattr(self, name))
         _check_choice("mode", self.mode, MODES)
@@ -255,6 +269,9 @@ class GenerationRequest:
         _check_float_range("guidance_cutoff", self.guidance_cutoff, *FRACTION_RANGE)
         _check_float_range("guidance_rescale", self.guidance_rescale, *RESCALE_RANGE)
         for param in MODE_PARAMS.values():
+            if param.length:
+                _check_floats(param.name, getattr(self, param.name), param.length, *param.range)
+                continue
             check = _check_int_range if param.integer else _check_float_range
             check(param.name, getattr(self, param.name), *param.range)
         prompts = self.weighted_prompts
@@ -298,6 +315,7 @@ class GenerationRequest:
         data["guidance_interval"] = list(self.guidance_interval)
         data["weighted_prompts"] = [list(p) for p in self.weighted_prompts]
         data["forks"] = [p.to_dict() for p in self.forks]
+        data.update({param.name: list(data[param.name]) for param in MODE_PARAMS.values() if param.length})
         return data
 
     @classmethod

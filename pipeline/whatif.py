@@ -233,7 +233,7 @@ def whatif(run_cache: RunCache, step: int, scale: float, mode: str | None = None
                            f"mode {settings.mode!r} at scale {scale:g} needs the predictions {missing}, which step "
                            f"{step} did not compute (it has {list(entry.predictions)})")
     preds = {part: entry.predictions[part] for part in needs}
-    noise_pred = combine(settings, preds, scale, entry.noise_pred)
+    noise_pred = combine(settings, preds, scale, entry.noise_pred, step=step - 1)
     difference = run_cache._coefficients[step - 1] * (noise_pred - entry.noise_pred).to(entry.pred_x0.dtype)
     cond = entry.predictions.get(COND)
 

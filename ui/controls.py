@@ -38,6 +38,7 @@ from pipeline.schedules import SCHEDULES
 logger = logging.getLogger(__name__)
 
 TEXT, WHOLE, NUMBER, CHOICE, FLAG = "text", "whole number", "number", "choice", "flag"
+NUMBERS = "numbers"  # a fixed number of them (a tuple `Param`, e.g. FDG's scale per level): a text field "10, 5"
 PREVIEW_EVERY_RANGE = (1, 50)
 PREVIEW_SOURCES = ("pred_x0", "latents")
 
@@ -47,9 +48,13 @@ class Control:
     label: str
     kind: str
     allowed: tuple = ()  # (lo, hi) for numbers, the values for choices
+    length: int = 0  # NUMBERS: how many
 
     def describe(self) -> str:
         """What the control allows, as a sentence's end: "a whole number from 1 to 200"."""
+        if self.kind == NUMBERS:
+            lo, hi = self.allowed
+            return f"{self.length} numbers separated by commas, each from {lo:g} to {hi:g}"
         if self.kind == CHOICE:
             return "one of " + ", ".join(map(str, self.allowed))
         if self.kind in (WHOLE, NUMBER):
@@ -84,7 +89,8 @@ CONTROLS: dict[str, Control] = {
     "interval_stop": Control("Interval stop", NUMBER, FRACTION_RANGE),
     "guidance_rescale": Control("Guidance rescale", NUMBER, RESCALE_RANGE),
     # each mode's own settings, as its entry in the table of modes declares them: perp_neg_scale, apg_eta...
-    **{p.name: Control(p.label, WHOLE if p.integer else NUMBER, p.range) for p in MODE_PARAMS.values()},
+    **{p.name: Control(p.label, NUMBERS if p.length else WHOLE if p.integer else NUMBER, p.range, p.length)
+       for p in MODE_PARAMS.values()},
     **{f"weighted_prompt_{k}": Control(f"Weighted prompt {k}", TEXT) for k in range(1, MAX_WEIGHTED_PROMPTS + 1)},
     **{f"weight_{k}": Control(f"Weight {k}", NUMBER, WEIGHT_RANGE) for k in range(1, MAX_WEIGHTED_PROMPTS + 1)},
     "decompose": Control("Decomposition view", FLAG),
@@ -151,6 +157,8 @@ def read(name: str, value: Any) -> Any:
         if not isinstance(value, str) or value not in control.allowed:
             raise RequestError(name, f"must be {control.describe()}; got {_shown(value)}")
         return value
+    if control.kind == NUMBERS:
+        return _read_numbers(name, control, value)
     lo, hi = control.allowed
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise RequestError(name, f"must be {control.describe()}, got {_shown(value)}")
@@ -161,6 +169,31 @@ def read(name: str, value: Any) -> Any:
             raise RequestError(name, f"must be {control.describe()}, got {value!r}: a fraction is not rounded")
         return int(value)
     return float(value)
+
+
+def _read_numbers(name: str, control: Control, value: Any) -> tuple[float, ...]:
+    """A NUMBERS control: the page's text "10, 5", or a list from the API; each entry a number in range."""
+    given = value
+    if isinstance(value, str):
+        try:
+            value = [float(part) for part in value.split(",")]
+        except ValueError:
+            raise RequestError(name, f"must be {control.describe()}, got {_shown(given)}") from None
+    if not isinstance(value, (list, tuple)) or len(value) != control.length:
+        raise RequestError(name, f"must be {control.describe()}, got {_shown(given)}")
+    lo, hi = control.allowed
+    for k, entry in enumerate(value, 1):
+        if isinstance(entry, bool) or not isinstance(entry, (int, float)) or not math.isfinite(entry) \
+                or not lo <= entry <= hi:
+            raise RequestError(name, f"must be {control.describe()}; entry {k} is {_shown(entry)}")
+    return tuple(float(entry) for entry in value)
+
+
+def shown_value(name: str, value: Any) -> Any:
+    """A value as its control holds it on the page and in links: a NUMBERS control's tuple as "10, 5"."""
+    if CONTROLS[name].kind == NUMBERS and isinstance(value, (list, tuple)):
+        return ", ".join(f"{entry:g}" for entry in value)
+    return value
 
 
 def label_of(field: str) -> str:
@@ -243,6 +276,7 @@ def settings_from_request(request: GenerationRequest) -> dict[str, Any]:
     seed_to_decompose = data.pop("decompose_seed")
     data["decompose"] = seed_to_decompose is not None
     data["decompose_seed"] = seed_to_decompose if seed_to_decompose is not None else seeds[0]
+    data.update({name: shown_value(name, data[name]) for name in data if name in CONTROLS})
     if list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
         logger.info("seeds %s are not consecutive; the page shows %d seeds from %d", seeds, len(seeds), seeds[0])
     return data
@@ -286,5 +320,5 @@ def settings_from_query(params: dict[str, str]) -> tuple[dict[str, Any], list[st
 
 
 def query_from_settings(settings: dict[str, Any]) -> str:
-    return urlencode({name: str(settings[name]).lower() if CONTROLS[name].kind == FLAG else settings[name]
-                      for name in CONTROL_NAMES if name in settings})
+    return urlencode({name: str(settings[name]).lower() if CONTROLS[name].kind == FLAG
+                      else shown_value(name, settings[name]) for name in CONTROL_NAMES if name in settings})

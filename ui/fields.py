@@ -154,7 +154,10 @@ class FieldTextbox(NamedErrors, gr.Textbox):
     def check(self, payload):
         if payload is not None:
             check_text(self.label, payload)  # a str, not too long, valid Unicode
-        return super().check(payload)
+        super().check(payload)
+        # The text itself, read or not: a NUMBERS control reads "10, 5" as a tuple, which gr.Textbox would
+        # turn back into the text "(10.0, 5.0)"; the handler reads the text again (`controls.read`).
+        return payload
 
 
 class FieldCheckbox(NamedErrors, gr.Checkbox):

@@ -91,15 +91,24 @@ class Params:
 
 @dataclass(frozen=True, slots=True)
 class Param:
-    """A mode's own setting: a `GenerationRequest` field, with its default, its allowed range and its control."""
+    """A mode's own setting: a `GenerationRequest` field, with its default, its allowed range and its control.
+
+    One number, or (`length` > 0) a fixed number of them, e.g. FDG's scale per pyramid level: then `default`
+    is a tuple of that length, `range` applies to each entry, and JSON, PNG metadata and links carry a list.
+    """
 
     name: str
     label: str  # the page's control
-    default: float
+    default: float | tuple[float, ...]
     range: tuple[float, float]
     step: float
     info: str = ""
     integer: bool = False
+    length: int = 0  # 0: one number; n: a tuple of n floats
+
+    def __post_init__(self) -> None:
+        if self.length and (self.integer or not isinstance(self.default, tuple) or len(self.default) != self.length):
+            raise ValueError(f"Param {self.name!r}: a tuple Param's default is a tuple of {self.length} floats")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +139,13 @@ class Combine(Protocol):
     """How a mode turns one step's predictions into its guided prediction."""
 
     def __call__(self, preds: Predictions, scale: float, params: Params, state: Any) -> Tensor: ...
+
+
+class CombineAtStep(Protocol):
+    """`combine` of a mode with `takes_step`: also told the 0-based index of the step it combines, as diffusers'
+    guiders are by `set_state(step=...)` (None where no step is known)."""
+
+    def __call__(self, preds: Predictions, scale: float, params: Params, state: Any, step: int | None) -> Tensor: ...
 
 
 class StepRule(Protocol):
@@ -168,7 +184,7 @@ class Mode:
     label: str  # the page's choice
     formula: str  # LaTeX between $$, then one or two sentences: what the page shows under the choice
     needs: Callable[[float, Params], tuple[Part, ...]]  # predictions at scale s, in UNet batch order
-    combine: Combine
+    combine: Combine | CombineAtStep
     reads: tuple[str, ...] = ("prompt",)  # the request's text fields it reads; each must not be empty
     params: tuple[Param, ...] = ()
     uses: tuple[str, ...] = ()  # other request fields its callables read (weighted: "weighted_prompts")
@@ -180,6 +196,7 @@ class Mode:
     # (field, detail) of a problem; sees its fields and RUN_FIELDS
     check: Callable[[Params], tuple[str, str] | None] = _no_problem
     step_rule: StepRule | None = None  # None: the scheduler steps with the guided prediction, as for CFG
+    takes_step: bool = False  # True: `combine` also gets the step index (`CombineAtStep`)
     scale: Scale | None = None  # None: the guidance scale is CFG's s
 
     @property

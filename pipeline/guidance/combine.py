@@ -23,9 +23,11 @@ def rescale(noise_pred: Tensor, noise_pred_cond: Tensor, phi: float) -> Tensor:
     return rescale_noise_cfg(noise_pred, noise_pred_cond, guidance_rescale=phi)
 
 
-def combine(settings: Any, preds: Predictions, scale: float, like: Tensor, state: Any = None) -> Tensor:
+def combine(settings: Any, preds: Predictions, scale: float, like: Tensor, state: Any = None,
+            step: int | None = None) -> Tensor:
     """One step's noise prediction, from the predictions its plan computed, under `settings` (a
-    GenerationRequest or anything with its mode, guidance_rescale and the mode's own fields).
+    GenerationRequest or anything with its mode, guidance_rescale and the mode's own fields). `step`: the
+    0-based index of the step, for a mode that `takes_step`.
 
     No prediction: a zero-init step. One prediction where the mode guides: its formula collapses to it
     (s = 1 or 0, or outside the interval). Otherwise the mode's formula, on its own `Params`, then rescale.
@@ -35,7 +37,9 @@ def combine(settings: Any, preds: Predictions, scale: float, like: Tensor, state
         return torch.zeros_like(like)
     if mode.guided and len(preds) == 1:
         return next(iter(preds.values()))
-    noise_pred = mode.combine(preds, scale, mode.params_of(settings), state)
+    params = mode.params_of(settings)
+    noise_pred = mode.combine(preds, scale, params, state, step) if mode.takes_step else \
+        mode.combine(preds, scale, params, state)
     if not mode.guided:
         return noise_pred
     return rescale(noise_pred, preds[COND], settings.guidance_rescale)

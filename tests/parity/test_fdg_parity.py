@@ -1,4 +1,4 @@
-"""FDG's pyramid and formula (pipeline/guidance/modes/_fdg.py) against kornia's pyramid and diffusers'
+"""FDG's pyramid and formula (pipeline.guidance.modes.fdg.py) against kornia's pyramid and diffusers'
 `FrequencyDecoupledGuidance`, which needs kornia: these tests run where kornia is installed
 (requirements-test.txt), and say so when skipped."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.guidance.modes._fdg import DEFAULT_SCALES, fdg, image_from_pyramid, laplacian_pyramid, pyrup
+from pipeline.guidance.modes.fdg import DEFAULT_SCALES, fdg, image_from_pyramid, laplacian_pyramid, pyrup
 
 kornia = pytest.importorskip("kornia", reason="FDG's parity needs kornia, as diffusers' FDG guider does")
 from diffusers.guiders import FrequencyDecoupledGuidance  # noqa: E402

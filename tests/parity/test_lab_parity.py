@@ -176,7 +176,7 @@ def test_loop_step_logic_matches_diffusers_guider(tiny_pipe, req, make_guider):
     lane = _lane(tiny_pipe, req, slice(0, 2))
     for i, (cond, uncond) in enumerate(random_pairs(total, seed=1)):
         step_guider(guider, i, total)
-        parts, scale = _plan(req, i, total)
+        parts, scale, _ = _plan(req, i, total)
         expected = guider.forward(cond, uncond).pred
         if req.mode == "cfg_zero_star" and i < req.zero_init_steps:
             assert parts == ()  # the guider still asks for two predictions here; we skip the UNet
@@ -210,10 +210,10 @@ def test_cfg_zero_star_guider_gives_zeros_in_zero_init():
     for i in range(2):
         step_guider(guider, i, 10)
         assert torch.count_nonzero(guider.forward(cond, uncond).pred) == 0
-        assert _plan(req, i, 10) == ((), 0.0)  # and ours computes nothing at all
+        assert _plan(req, i, 10)[:2] == ((), 0.0)  # and ours computes nothing at all
     step_guider(guider, 2, 10)
     assert torch.count_nonzero(guider.forward(cond, uncond).pred) > 0
-    assert _plan(req, 2, 10) == ((UNCOND, COND), 6.0)
+    assert _plan(req, 2, 10) == ((UNCOND, COND), 6.0, 2)
 
 
 # --- whole runs against a hand loop around the guider ----------------------------------------------------------

@@ -6,13 +6,19 @@ pipeline with the guider as its component (the helpers and tolerances of test_la
     tcfg           TangentialClassifierFreeGuidance(guidance_scale=s)
     magnitude_aware MagnitudeAwareGuidance(guidance_scale=s, alpha=mag_alpha)
     apg_mix        AdaptiveProjectedMixGuidance(guidance_scale=s, adaptive_projected_guidance_scale=s, ...)
+    fdg            FrequencyDecoupledGuidance(guidance_scales=fdg_scales) (needs kornia, as diffusers' guider does)
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from diffusers.guiders import AdaptiveProjectedMixGuidance, MagnitudeAwareGuidance, TangentialClassifierFreeGuidance
+from diffusers.guiders import (
+    AdaptiveProjectedMixGuidance,
+    FrequencyDecoupledGuidance,
+    MagnitudeAwareGuidance,
+    TangentialClassifierFreeGuidance,
+)
 
 from pipeline import GenerationRequest
 from pipeline.guidance.modes.apg import apg
@@ -70,7 +76,14 @@ def apg_mix_guider(req: GenerationRequest) -> AdaptiveProjectedMixGuidance:
         guidance_scale=req.guidance_scale, adaptive_projected_guidance_scale=req.guidance_scale,
         adaptive_projected_guidance_momentum=req.apg_mix_momentum,
         adaptive_projected_guidance_rescale=req.apg_mix_norm_threshold, eta=req.apg_mix_eta,
-        adaptive_projected_guidance_start_step=req.apg_mix_start_step, stop=req.guidance_interval[1])
+        adaptive_projected_guidance_start_step=req.apg_mix_start_step, start=req.guidance_interval[0],
+        stop=req.guidance_interval[1])
+
+
+def fdg_guider(req: GenerationRequest) -> FrequencyDecoupledGuidance:
+    pytest.importorskip("kornia", reason="diffusers' FDG guider builds its pyramid with kornia")
+    return FrequencyDecoupledGuidance(guidance_scales=list(req.fdg_scales), start=req.guidance_interval[0],
+                                      stop=req.guidance_interval[1])
 
 
 def apg_mix_request(**changes) -> GenerationRequest:
@@ -89,6 +102,13 @@ CASES = [
     pytest.param(apg_mix_request(apg_mix_start_step=3, apg_mix_eta=0.5, apg_mix_momentum=0.3,
                                  guidance_interval=(0.0, 0.75)), apg_mix_guider, id="apg_mix-stop"),
     pytest.param(apg_mix_request(apg_mix_momentum=0.0), apg_mix_guider, id="apg_mix-no-momentum"),
+    # refused before modes were told the step index: its own count then fell behind the guider's step
+    pytest.param(apg_mix_request(apg_mix_start_step=3, guidance_interval=(0.25, 1.0)), apg_mix_guider,
+                 id="apg_mix-delayed-interval"),
+    pytest.param(request(mode="fdg"), fdg_guider, id="fdg-default-scales"),
+    pytest.param(request(mode="fdg", fdg_scales=(7.5, 2.0), guidance_interval=(0.2, 0.7)), fdg_guider,
+                 id="fdg-interval"),
+    pytest.param(request(mode="fdg", fdg_scales=(1.0, 1.0)), fdg_guider, id="fdg-all-ones-is-cond"),
 ]
 
 
@@ -105,10 +125,10 @@ def test_loop_step_logic_matches_diffusers_guider(tiny_pipe, req, make_guider):
     lane = _lane(tiny_pipe, req, slice(0, 2))  # a fresh per-run state, as the loop makes it
     for i, (cond, uncond) in enumerate(random_pairs(total, seed=1)):
         step_guider(guider, i, total)
-        parts, scale = _plan(req, i, total)
+        parts, scale, _ = _plan(req, i, total)
         assert len(parts) == guider.num_conditions, f"step {i}"
         preds = {part: {COND: cond, UNCOND: uncond}[part] for part in parts}
-        torch.testing.assert_close(_combine(lane, preds, scale, like=cond), guider.forward(cond, uncond).pred,
+        torch.testing.assert_close(_combine(lane, preds, scale, like=cond, step=i), guider.forward(cond, uncond).pred,
                                    atol=0, rtol=0)
 
 
@@ -147,6 +167,11 @@ RUN_CASES = [
     pytest.param(request(mode="magnitude_aware", mag_alpha=0.05), mambo_guider, "euler_a", id="mambo-euler_a"),
     pytest.param(apg_mix_request(), apg_mix_guider, "euler", id="apg_mix-euler"),
     pytest.param(apg_mix_request(apg_mix_start_step=2), apg_mix_guider, "dpmpp_2m", id="apg_mix-dpmpp_2m"),
+    pytest.param(apg_mix_request(apg_mix_start_step=3, guidance_interval=(0.2, 1.0)), apg_mix_guider, "euler",
+                 id="apg_mix-delayed-interval-euler"),
+    pytest.param(request(mode="fdg"), fdg_guider, "euler", id="fdg-euler"),
+    pytest.param(request(mode="fdg", fdg_scales=(7.5, 2.0), guidance_interval=(0.2, 1.0)), fdg_guider, "dpmpp_2m",
+                 id="fdg-dpmpp_2m"),
 ]
 
 
@@ -178,11 +203,24 @@ def test_apg_mix_is_cfg_up_to_its_start_step_then_apg():
     assert (projected - cfg).abs().max() > 0.1
 
 
+def test_apg_mix_switches_at_its_start_step_whatever_steps_were_skipped(tiny_pipe):
+    """Told the step index, APG mix takes APG from step start + 1 even where the interval skipped the first steps
+    (a delayed start and a schedule were refused while it counted its own steps)."""
+    req = apg_mix_request(apg_mix_start_step=3, guidance_interval=(0.25, 1.0), guidance_schedule="linear")
+    lane = _lane(tiny_pipe, req, slice(0, 2))
+    cond, uncond = random_pairs(1, seed=7)[0]
+    preds = {COND: cond, UNCOND: uncond}
+    torch.testing.assert_close(_combine(lane, preds, 5.0, like=cond, step=3), uncond + 5.0 * (cond - uncond))
+    apg_step = _combine(lane, preds, 5.0, like=cond, step=4)
+    assert (apg_step - (uncond + 5.0 * (cond - uncond))).abs().max() > 0.1
+
+
 @pytest.mark.parametrize("changes, field", [
-    (dict(guidance_interval=(0.2, 1.0)), "guidance_interval"),
-    (dict(guidance_schedule="linear"), "guidance_schedule"),
+    ({"guidance_schedule": "linear"}, "guidance_schedule"),  # FDG's scales replace s: a schedule of s is not read
+    ({"guidance_rescale": 0.7}, "guidance_rescale"),  # diffusers' FDG rescales per level, which this does not
 ])
-def test_apg_mix_refuses_settings_that_skip_its_first_steps(changes, field):
+def test_fdg_refuses_settings_it_would_ignore(changes, field):
     with pytest.raises(RequestError) as error:
-        apg_mix_request(**changes)
+        request(mode="fdg", **changes)
     assert error.value.field == field
+    request(mode="cfg", **changes)  # fine for CFG

@@ -55,6 +55,14 @@ def test_final_pngs_carry_their_settings(client):
         assert read_settings(item["path"]) == (expected, seed)
 
 
+def test_a_tuple_param_travels_from_the_api_to_the_png(client):
+    """fdg's scales (one per pyramid level): the API takes the page's text; the PNG records the tuple."""
+    job, outputs = run(client, steps=2, num_seeds=1, seed=5, mode="fdg", fdg_scales="7.5, 2")
+    assert job.exception() is None
+    request, _ = read_settings(outputs[-1][4][0]["path"])
+    assert request.mode == "fdg" and request.fdg_scales == (7.5, 2.0)
+
+
 def test_served_images_match_a_direct_library_run(client, tiny_pipe):
     job, outputs = run(client, steps=3, num_seeds=2, seed=5, mode="reversed", guidance_scale=3.0, scheduler="ddim",
                        eta=0.5)
@@ -135,6 +143,8 @@ def test_stop_ends_the_sessions_run_and_says_where(client, server):
         (dict(decompose=True, seed=50, decompose_seed=1), "Decomposition seed: must be one of this run's seeds"),
         (dict(preview="nope"), "Preview decoder"),
         (dict(scheduler="heun"), "Scheduler"),
+        (dict(mode="fdg", fdg_scales="10, 31"), "FDG scales (fine, coarse): must be 2 numbers separated by commas"),
+        (dict(mode="fdg", fdg_scales="10"), "FDG scales (fine, coarse): must be 2 numbers separated by commas"),
     ],
 )
 def test_bad_input_names_the_field_and_the_app_keeps_serving(client, changes, field):

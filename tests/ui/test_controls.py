@@ -18,6 +18,8 @@ from ui.controls import (
     read,
     request_from_settings,
     settings_from_query,
+    settings_from_request,
+    shown_value,
 )
 from ui.handlers import gr_error
 
@@ -95,8 +97,10 @@ def test_every_control_named_like_a_request_field_reaches_the_request():
     for name, param in MODE_PARAMS.items():
         lo, hi = param.range
         value = param.default + 1 if param.integer else (lo + hi) / 2  # some value other than the default
+        if param.length:  # a tuple Param's control: text, "15, 15"
+            value = (value,) * param.length
         assert value != param.default, name
-        request = request_from_settings({**BASE, name: value})
+        request = request_from_settings({**BASE, name: shown_value(name, value)})
         assert getattr(request, name) == value, name
     fields = set(GenerationRequest.__dataclass_fields__)
     assert {n for n in CONTROL_NAMES if n in fields} <= set(PASSED_THROUGH) | {
@@ -141,3 +145,26 @@ def test_share_link_is_capped():
     with pytest.raises(Exception) as info:
         handlers.share_link(*[long_prompt.get(name) for name in CONTROL_NAMES])
     assert isinstance(info.value, gr.Error) and "at most 8,000" in str(info.value)
+
+
+@pytest.mark.parametrize("text, expected", [("10, 5", (10.0, 5.0)), ("7.5,2", (7.5, 2.0)), (" 0 , 30 ", (0.0, 30.0))])
+def test_a_tuple_param_reads_its_text_field(text, expected):
+    assert read("fdg_scales", text) == expected
+    assert read("fdg_scales", list(expected)) == expected  # the API's JSON list
+
+
+@pytest.mark.parametrize("text", ["10", "10, 5, 1", "10; 5", "10,,5", "ten, 5", "10, 31", "nan, 5", "", [10, True]])
+def test_a_tuple_param_refuses_anything_else_naming_its_label(text):
+    with pytest.raises(RequestError) as info:
+        read("fdg_scales", text)
+    assert label_of(info.value.field) == "FDG scales (fine, coarse)"
+    assert "2 numbers separated by commas, each from 0 to 30" in info.value.detail
+
+
+def test_a_tuple_param_round_trips_through_the_page_and_a_link():
+    request = request_from_settings({**BASE, "mode": "fdg", "fdg_scales": "7.5, 2"})
+    settings = settings_from_request(request)
+    assert settings["fdg_scales"] == "7.5, 2"  # the page's text field shows it as typed
+    values, problems = settings_from_query(dict(parse_qsl(query_from_settings({"fdg_scales": settings["fdg_scales"]}))))
+    assert not problems and values["fdg_scales"] == (7.5, 2.0)
+    assert request_from_settings({**BASE, "mode": "fdg", **values}) == request

@@ -3,6 +3,8 @@ mode added through the table alone, against a hand computation and through the w
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -51,17 +53,20 @@ def test_every_mode_combines_what_it_asks_for(name, scale):
     assert parts and len(set(parts)) == len(parts)
     g = torch.Generator().manual_seed(0)
     preds = {part: torch.randn(2, 4, 8, 8, generator=g) for part in parts}
-    out = _combine(_Lane(request, mode, slice(0, 2), {}, mode.new_state(request)), preds, scale, like=preds[parts[0]])
+    lane = _Lane(request, mode, slice(0, 2), {}, mode.new_state(request))
+    out = _combine(lane, preds, scale, like=preds[parts[0]], step=0)
     assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
     if len(parts) > 1 or not mode.guided:
-        assert isinstance(mode.combine(preds, scale, request, mode.new_state(request)), torch.Tensor)
+        step = (0,) if mode.takes_step else ()  # the step index, for a mode told it (apg_mix)
+        assert isinstance(mode.combine(preds, scale, request, mode.new_state(request), *step), torch.Tensor)
 
 
 def test_every_param_is_a_request_field_with_its_default():
     request = GenerationRequest(prompt="an otter")
     for param in MODE_PARAMS.values():
         assert getattr(request, param.name) == param.default
-        assert param.range[0] <= param.default <= param.range[1]
+        entries = param.default if param.length else (param.default,)
+        assert all(param.range[0] <= entry <= param.range[1] for entry in entries)
         assert param.name in request.to_dict()
     assert GenerationRequest.from_dict(request.to_dict()) == request
 
@@ -69,11 +74,31 @@ def test_every_param_is_a_request_field_with_its_default():
 @pytest.mark.parametrize("name", list(MODE_PARAMS))
 @pytest.mark.parametrize("side", ["below", "above"])
 def test_every_param_is_range_checked(name, side):
-    lo, hi = MODE_PARAMS[name].range
+    param = MODE_PARAMS[name]
+    lo, hi = param.range
     value = lo - 1 if side == "below" else hi + 1
+    if param.length:  # a tuple Param: each entry is checked, and the error says which
+        value = (*param.default[:-1], value)
     with pytest.raises(RequestError) as info:
         GenerationRequest(prompt="an otter", **{name: value})
     assert info.value.field == name and str(hi) in info.value.detail
+    if param.length:
+        assert f"entry {param.length}" in info.value.detail
+
+
+@pytest.mark.parametrize("name", [name for name, param in MODE_PARAMS.items() if param.length])
+@pytest.mark.parametrize("value", [(10.0,), (10.0, 5.0, 1.0), 10.0, "10, 5", (10.0, float("nan")), (True, 5.0)])
+def test_a_tuple_param_takes_exactly_its_length_of_numbers(name, value):
+    with pytest.raises(RequestError) as info:
+        GenerationRequest(prompt="an otter", **{name: value})
+    assert info.value.field == name
+
+
+def test_a_tuple_param_round_trips_through_json_as_a_list():
+    request = GenerationRequest(prompt="an otter", mode="fdg", fdg_scales=(7.5, 2.0))
+    data = json.loads(json.dumps(request.to_dict()))
+    assert data["fdg_scales"] == [7.5, 2.0]
+    assert GenerationRequest.from_dict(data) == request and GenerationRequest.from_dict(data).fdg_scales == (7.5, 2.0)
 
 
 @pytest.mark.parametrize("name", [n for n, m in GUIDANCE_MODES.items() if m.reads])

@@ -35,7 +35,7 @@ def test_whatif_at_the_runs_own_scale_is_the_recorded_pred_x0(tiny_pipe):
 
 @pytest.mark.parametrize("scheduler", ["euler", "ddim"])
 @pytest.mark.parametrize("scale, mode", [(3.0, None), (0.0, None), (4.0, "reversed"), (1.0, "cond_only"),
-                                         (5.0, "tcfg"), (5.0, "magnitude_aware")])
+                                         (5.0, "tcfg"), (5.0, "magnitude_aware"), (7.5, "fdg")])
 def test_whatif_at_step_one_is_what_a_run_at_that_setting_predicts(tiny_pipe, scheduler, scale, mode):
     # Step 1 starts from the same x_T whatever the guidance, so a real run at the new settings is the oracle.
     cache, events = cached_run(tiny_pipe, request(scheduler=scheduler))
@@ -49,9 +49,9 @@ def test_apg_mix_is_not_recombined_part_way(tiny_pipe):
     """APG mix picks CFG or APG by its step count and carries momentum from the run's start: a what-if of one
     cached step has neither, so it is refused by name rather than guessed."""
     cache, _ = cached_run(tiny_pipe, request())
-    with pytest.raises(ValueError, match="mode: 'apg_mix' counts its steps"):
+    with pytest.raises(ValueError, match="mode: 'apg_mix' carries its momentum"):
         whatif(cache, 3, 5.0, "apg_mix")
-    assert "apg_mix" not in cache.modes_at(3) and {"tcfg", "magnitude_aware"} <= set(cache.modes_at(3))
+    assert "apg_mix" not in cache.modes_at(3) and {"tcfg", "magnitude_aware", "fdg"} <= set(cache.modes_at(3))
 
 
 def test_whatif_names_what_the_step_did_not_compute(tiny_pipe):

@@ -8,7 +8,7 @@ from typing import Any
 from pipeline import GenerationRequest
 from pipeline.request import MAX_WEIGHTED_PROMPTS
 
-from ..controls import CONTROLS
+from ..controls import CONTROLS, shown_value
 
 # The Explore tab's collapsed groups, and the controls inside each: a preset, PNG or the Invert tab that changes
 # one of these opens its group, so the change is seen.
@@ -30,7 +30,8 @@ CONTROL_GROUPS = {
 
 # Defaults: the request's own, where it has one (one source for the page, the API and notebooks)...
 REQUEST_DEFAULTS: dict[str, Any] = {
-    **{f.name: f.default for f in fields(GenerationRequest) if f.default is not MISSING and f.name in CONTROLS},
+    **{f.name: shown_value(f.name, f.default) for f in fields(GenerationRequest)
+       if f.default is not MISSING and f.name in CONTROLS},
     "interval_start": GenerationRequest.__dataclass_fields__["guidance_interval"].default[0],
     "interval_stop": GenerationRequest.__dataclass_fields__["guidance_interval"].default[1],
     **{f"weighted_prompt_{k}": "" for k in range(1, MAX_WEIGHTED_PROMPTS + 1)},

@@ -84,9 +84,10 @@ def build_explore_tab(explore: Explore, default_size: int) -> ExploreView:
                 out["weights"] = gr.Markdown(render.weights_line([7.5]))
             for mode in render.MODES_WITH_PARAMS:  # each mode's own settings, as its table entry declares them
                 with gr.Group(visible=False) as out[f"{mode.name}_params"], gr.Row():
-                    for param in mode.params:
-                        c[param.name] = _control(FieldSlider, param.name, param.default, step=param.step,
-                                                 info=param.info)
+                    for param in mode.params:  # a tuple Param: a text field "10, 5" (controls.NUMBERS)
+                        c[param.name] = (_control(FieldTextbox, param.name, info=param.info) if param.length else
+                                         _control(FieldSlider, param.name, param.default, step=param.step,
+                                                  info=param.info))
             c["guidance_scale"] = _control(FieldSlider, "guidance_scale", step=0.5, info=render.CONTROL_INFO["guidance_scale"])
             with gr.Row():
                 # min_width: on a phone the two stack, so the Scheduler's names are not cut off

@@ -4,14 +4,16 @@ To add a mode, add a file here (its name is the mode's name) that holds:
 - its formula as a pure function of noise predictions, with a docstring citing the paper and the diffusers
   guider it matches;
 - `needs(scale, params) -> tuple[Part, ...]`: the predictions it asks for at that scale, in UNet batch order;
-- `combine(preds, scale, params, state) -> Tensor`: its guided prediction from those predictions;
+- `combine(preds, scale, params, state) -> Tensor`: its guided prediction from those predictions (with
+  `takes_step=True` in its MODE, also `step`, the 0-based step index: `modes/apg_mix.py`);
 - `ORDER = <int>`: its place among the modes (the page's choices, the API's list), unique;
 - `MODE = Mode(name, label, formula, needs, combine, params=(Param(...), ...), ...)`: its table entry
   (pipeline/guidance/base.py says what each field means: per-run state, zero-init steps, checks, a step rule).
 
 `params` is a `Params` holding only the mode's own `Param`s (and the request fields named in `uses`): each
-`Param` becomes a `GenerationRequest` field, is range-checked, appears in the API, PNG metadata and links,
-and gets a control on the page, with no other file to edit. Then write its test. Nothing else changes.
+`Param` (one number, or with `length=n` a tuple of n, as `modes/fdg.py`) becomes a `GenerationRequest` field,
+is range-checked, appears in the API, PNG metadata and links, and gets a control on the page, with no other
+file to edit. Then write its test. Nothing else changes.
 """
 
 from __future__ import annotations

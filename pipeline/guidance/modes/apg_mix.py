@@ -2,10 +2,9 @@
 diffusers `AdaptiveProjectedMixGuidance` (as HunyuanImage 2.1 uses it), whose module-level
 `update_momentum_buffer` and `normalized_guidance` this calls.
 
-The guider reads its step index from `set_state(step=...)`, which a mode is not given: the per-run state counts
-the steps it combined instead. So every step from the first must combine (`check` refuses a delayed interval
-start and a non-constant schedule), and a step cannot be recombined into this mode, nor a run forked into it,
-part way (its momentum and count start with the run).
+The guider reads its step index from `set_state(step=...)`; this mode is told it the same way (`takes_step`), so
+a delayed interval start or a schedule (steps that do not combine) leaves the CFG/APG switch where it belongs.
+A step cannot be recombined into this mode, nor a run forked into it, part way: its momentum starts with the run.
 """
 
 from __future__ import annotations
@@ -27,10 +26,9 @@ ORDER = 140
 
 @dataclass(slots=True)
 class ApgMixState:
-    """One run's momentum buffer (None: no momentum) and the 0-based index of the next step it combines."""
+    """One run's momentum buffer (None: no momentum)."""
 
     buffer: MomentumBuffer | None
-    step: int = 0
 
 
 def apg_mix(noise_pred_cond: Tensor, noise_pred_uncond: Tensor, scale: float, step: int, start_step: int,
@@ -48,22 +46,12 @@ def new_state(params: Params) -> ApgMixState:
     return ApgMixState(MomentumBuffer(params.apg_mix_momentum) if params.apg_mix_momentum else None)
 
 
-def combine(preds: Predictions, scale: float, params: Params, state: Any) -> Tensor:
-    if not isinstance(state, ApgMixState):  # a what-if, or a fork from another mode: no count, no momentum
-        raise ValueError("mode: 'apg_mix' counts its steps and momentum from the run's start: a step cannot be "
+def combine(preds: Predictions, scale: float, params: Params, state: Any, step: int | None) -> Tensor:
+    if not isinstance(state, ApgMixState) or step is None:  # a what-if, or a fork from another mode: no momentum
+        raise ValueError("mode: 'apg_mix' carries its momentum from the run's start: a step cannot be "
                          "recombined into it, nor a run forked into it part way")
-    step, state.step = state.step, state.step + 1
     return apg_mix(preds[COND], preds[UNCOND], scale, step, params.apg_mix_start_step, state.buffer,
                    params.apg_mix_eta, params.apg_mix_norm_threshold)
-
-
-def check(params: Params) -> tuple[str, str] | None:
-    # Every step from the first must combine, or the count that picks CFG or APG falls behind.
-    if params.guidance_interval[0] != 0.0:
-        return "guidance_interval", "must start at 0 in mode 'apg_mix' (it counts its steps from the first)"
-    if params.guidance_schedule != "constant":
-        return "guidance_schedule", "must be constant in mode 'apg_mix' (its start step switches CFG to APG)"
-    return None
 
 
 MODE = Mode(
@@ -82,5 +70,5 @@ MODE = Mode(
         Param("apg_mix_norm_threshold", "APG mix norm threshold", 10.0, (0.0, 100.0), 0.5,
               "Caps the APG update's norm (0: no cap)."),
     ),
-    new_state=new_state, check=check,
+    new_state=new_state, takes_step=True,
 )

@@ -1,10 +1,9 @@
 """FDG: Frequency-Decoupled Guidance, Sadat et al. (2025, arXiv 2506.19713, Algorithm 2) ↔ diffusers
 `FrequencyDecoupledGuidance(guidance_scales=...)`, here without kornia.
 
-NOT YET A MODE (the leading "_" keeps it out of the table): its parameter `fdg_scales` is one scale per pyramid
-level, a tuple, and a mode's `Param` is one number. With a tuple-valued Param (request field, range check per
-entry, one control per level, JSON list in metadata and links), this file becomes `fdg.py` with
-`MODE = Mode("fdg", ..., needs, combine, params=(Param("fdg_scales", ..., default=(10.0, 5.0)),))`.
+Its parameter `fdg_scales` is one scale per pyramid level (a tuple `Param`, `length=2`), and takes the place of
+the guidance scale, as diffusers' guider has no other: s, a schedule and guidance rescale (which the guider
+applies per level) are refused rather than ignored. The guidance interval applies, as the guider's start/stop.
 
 diffusers builds the Laplacian pyramid with kornia (`build_laplacian_pyramid`, `pyrup`), which is not a
 requirement here; the pyramid is small, so it is written below with kornia's numerics: a 5x5 binomial blur
@@ -15,10 +14,15 @@ checks it against kornia and the whole formula against diffusers' guider, where 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..base import COND, UNCOND, Mode, Param, Params, Part, Predictions
+
+ORDER = 150
 DEFAULT_SCALES = (10.0, 5.0)  # diffusers' defaults: the highest-frequency level first
 
 
@@ -73,3 +77,36 @@ def fdg(noise_pred_cond: Tensor, noise_pred_uncond: Tensor, scales: tuple[float,
     guided = [u + s * (c - u) for c, u, s in zip(cond, uncond, scales)]
     h, w = noise_pred_cond.shape[-2:]
     return image_from_pyramid(guided)[..., :h, :w]
+
+
+def needs(scale: float, params: Params) -> tuple[Part, ...]:
+    """Both predictions, whatever s (FDG does not read it); one scale of 1 on every level is the prompt's
+    prediction alone, as diffusers' guider then runs only the conditional pass."""
+    return (COND,) if all(s == 1.0 for s in params.fdg_scales) else (UNCOND, COND)
+
+
+def combine(preds: Predictions, scale: float, params: Params, state: Any) -> Tensor:
+    return fdg(preds[COND], preds[UNCOND], params.fdg_scales)
+
+
+def check(params: Params) -> tuple[str, str] | None:
+    # FDG's scales are its own per level; the settings made for s would be silently ignored.
+    if params.guidance_schedule != "constant":
+        return "guidance_schedule", "must be constant in mode 'fdg' (its scales per level replace the guidance scale)"
+    if params.guidance_rescale != 0.0:
+        return "guidance_rescale", "must be 0 in mode 'fdg' (diffusers' FDG rescales per level, which this does not)"
+    return None
+
+
+MODE = Mode(
+    "fdg", "FDG (frequency-decoupled)",
+    r"$$\hat\epsilon = \mathcal{L}^{-1}\big(\{\, u_k + s_k\,(c_k - u_k) \,\}_k\big)$$ Frequency-decoupled "
+    r"guidance (Sadat et al. 2025, arXiv 2506.19713): CFG on each level k of the Laplacian pyramids "
+    r"$c = \mathcal{L}(\epsilon_c)$, $u = \mathcal{L}(\epsilon_u)$ with its own scale, the fine details first. "
+    r"A strong scale on the details and a mild one on the layout and colour sharpens without oversaturating. "
+    r"Its scales replace the guidance scale.",
+    needs, combine,
+    params=(Param("fdg_scales", "FDG scales (fine, coarse)", DEFAULT_SCALES, (0.0, 30.0), 0.5,
+                  "One guidance scale per pyramid level, the fine details first, as \"10, 5\".", length=2),),
+    check=check,
+)
