@@ -135,6 +135,17 @@ def claims_cfg_pp(pipe, r, note):
     assert [seed for seed, i in zip(r.seeds, low) if (i.colour, i.shape) == ("red", "circle")] == [1, 6]
 
 
+def claims_fdg(pipe, r, note):
+    says(note, 'on seeds 1 to 8, "red circle" gives red circles on seeds 1, 3, 5, 6 and 8 only',
+         'Set FDG scales to "1, 7.5", same seeds: eight red circles, landing exactly where Standard CFG at 7.5 lands')
+    assert (r.mode, r.fdg_scales, r.seeds) == ("fdg", (7.5, 1.0), tuple(range(1, 9)))
+    fine = land(pipe, r)
+    assert [seed for seed, i in zip(r.seeds, fine) if (i.colour, i.shape) == ("red", "circle")] == [1, 3, 5, 6, 8]
+    coarse = land(pipe, r, fdg_scales=(1.0, 7.5))
+    assert coarse == land(pipe, r, mode="cfg", guidance_scale=7.5)
+    assert {(i.colour, i.shape) for i in coarse} == {("red", "circle")} and sizes(coarse) == CFG_RED_CIRCLES
+
+
 CLAIMS = {
     "01-standard-cfg": claims_standard_cfg,
     "02-reversed-guidance": claims_reversed,
@@ -145,6 +156,7 @@ CLAIMS = {
     "07-perp-neg": claims_perp_neg,
     "08-tangential-cfg": claims_tangential_cfg,
     "09-cfg-pp": claims_cfg_pp,
+    "10-fdg": claims_fdg,
 }
 
 
