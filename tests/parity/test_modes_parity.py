@@ -28,7 +28,8 @@ from pipeline.guidance.modes.tcfg import tcfg
 from pipeline.loop import COND, UNCOND, _combine, _lane, _plan
 from pipeline.request import RequestError
 from tests.parity.test_lab_parity import (
-    EXACT_TOL, MODULAR_TOL, final_latents, guider_loop, modular_pipe, modular_run, random_pairs, request, step_guider,
+    EXACT_TOL, assert_matches_modular_pipeline, final_latents, guider_loop, modular_pipe, random_pairs, request,
+    step_guider,
 )
 
 __all__ = ["modular_pipe"]  # the fixture, shared with test_lab_parity
@@ -184,13 +185,7 @@ def test_run_matches_a_loop_around_the_diffusers_guider(tiny_pipe, req, make_gui
 
 @pytest.mark.parametrize("req, make_guider, scheduler", RUN_CASES)
 def test_run_matches_diffusers_modular_pipeline_with_the_guider(tiny_pipe, modular_pipe, req, make_guider, scheduler):
-    req = GenerationRequest.from_dict({**req.to_dict(), "scheduler": scheduler})
-    expected = modular_run(modular_pipe, tiny_pipe, make_guider(req), req)
-    ours = final_latents(tiny_pipe, req)
-    torch.testing.assert_close(ours, expected, **MODULAR_TOL)
-    # the guider matters here: plain CFG at the same scale lands far from it
-    plain = final_latents(tiny_pipe, request(guidance_scale=req.guidance_scale, scheduler=scheduler))
-    assert (plain - expected).abs().max() > 1e-2
+    assert_matches_modular_pipeline(tiny_pipe, modular_pipe, req, make_guider, scheduler)
 
 
 def test_apg_mix_is_cfg_up_to_its_start_step_then_apg():
