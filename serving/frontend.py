@@ -48,7 +48,8 @@ def interruption(exc: BaseException) -> RunInterrupted | None:
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
     if isinstance(exc, BackPressureError):
-        return RunInterrupted(BUSY.format(queued=getattr(exc, "_num_queued_requests", "many")))
+        queued = exc.args[0] if exc.args else "many"  # num_queued_requests (kept in args across pickling)
+        return RunInterrupted(BUSY.format(queued=queued))
     if isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)):
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return RunInterrupted(WORKER_LOST.format(detail=f"{type(exc).__name__}: {detail[:160]}"))

@@ -118,6 +118,7 @@ def payloads(pipe, taesd, spec: RunSpec, lock: ModelLock, stop: threading.Event,
                 return
             on_step()
             payload = {"step": event.step, "total": event.total, "unet_chunks": event.unet_chunks,
+                       "shared": getattr(denoiser, "shared", 1),  # runs whose rows shared the step's UNet call
                        "guidance_x0": None if event.guidance_x0 is None else [float(n) for n in event.guidance_x0]}
             if event.step % spec.preview_every == 0 or event.is_final:
                 with lock:

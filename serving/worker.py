@@ -80,7 +80,7 @@ class DenoiserWorker:
         logger.info("worker ready: %s on %s (pid %d)", model, self.device, os.getpid())
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def _unet_rows(self, items: list[Rows]) -> list[tuple[torch.Tensor, int]]:
+    async def _unet_rows(self, items: list[Rows]) -> list[tuple[torch.Tensor, int, int]]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.model_pool, run_batch, self.denoiser, items, self.lock,
                                           lambda key, calls, rows: self.unet_calls.append((key, calls, rows)))
@@ -128,8 +128,9 @@ class DenoiserWorker:
         return {"model": self.model_name, "device": str(self.device), "pid": os.getpid(),
                 "actor": ray.get_runtime_context().get_actor_name()}
 
-    async def steps_run(self, tag: str) -> int | None:
-        return self.steps.get(tag)
+    async def steps_run(self) -> dict[str, int]:
+        """Each run's steps so far, by tag (tests count the steps a stopped run took)."""
+        return dict(self.steps)
 
     async def unet_log(self) -> list[tuple]:
         return [(tuple(key), calls, rows) for key, calls, rows in self.unet_calls]
