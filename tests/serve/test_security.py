@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ def cluster():
             return os.getpid()
 
     serve.run(Probe.bind(), name="security-probe", route_prefix=None).remote().result(timeout_s=60)
+    settled(before)
     yield before
     serve.delete("security-probe")
     if started:
@@ -94,6 +96,16 @@ def ray_listeners(driver_ports_before: set[int]) -> list[Listener]:
             continue
         found += [Listener(c.laddr.ip, c.laddr.port, name) for c in conns if c.status == psutil.CONN_LISTEN]
     return found
+
+
+def settled(driver_ports_before: set[int], quiet_s: float = 1.5, limit_s: float = 15) -> None:
+    """Wait until no new port opens for `quiet_s`: the dashboard's and monitor's metrics servers start late."""
+    seen, since, start = set(), time.monotonic(), time.monotonic()
+    while time.monotonic() - since < quiet_s and time.monotonic() - start < limit_s:
+        now = {(lst.ip, lst.port) for lst in ray_listeners(driver_ports_before)}
+        if now - seen:
+            seen, since = seen | now, time.monotonic()
+        time.sleep(0.25)
 
 
 def reach(listener: Listener) -> str:
