@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         except (cluster.ClusterStartError, ValueError) as exc:
             cluster.shutdown()
             sys.exit(f"error: {exc}")
-        handlers.remote = RemoteRuns(handle)
+        handlers.remote = RemoteRuns(handle, args.replicas)
         # Serve queues and routes now: the page passes runs on until Serve's own queue is full, which it says
         concurrency = cluster.page_concurrency(args.replicas)
     default_size = pipe.default_sample_size * pipe.vae_scale_factor

@@ -33,14 +33,26 @@ def page(handle, toy_pipe, tmp_path_factory):
 
     handlers = Handlers(toy_pipe, taesd=ToyPreviewDecoder(toy_pipe.vae), model_name="toy", presets=load_presets(),
                         output_dir=tmp_path_factory.mktemp("serve-outputs"))
-    handlers.remote = RemoteRuns(handle)
+    handlers.remote = remote = RemoteRuns(handle)
     demo = build_demo(handlers, banner=render.banner("toy", None), default_size=128)
     demo.queue(default_concurrency_limit=page_concurrency(REPLICAS))
     demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     try:
-        yield Client(demo.local_url, download_files=False, verbose=False)  # one session: one run at a time
+        client = Client(demo.local_url, download_files=False, verbose=False)  # one session: one run at a time
+        client.runs = remote
+        yield client
     finally:
         demo.close()
+
+
+def steps_of(handle, tag: str) -> int:
+    """The steps the worker running `tag` has run (asked until the answer comes from that replica)."""
+    counts = handle.options(multiplexed_model_id="128x128-euler-200")  # routed to the replica running that shape
+    for _ in range(20):
+        steps = counts.steps_run.remote().result()
+        if tag in steps:
+            return steps[tag]
+    raise AssertionError(f"no replica knows the run {tag}")
 
 
 def run(client, **settings):
@@ -72,14 +84,11 @@ def test_stop_through_the_page_ends_the_workers_run_within_a_step(page, handle):
         run_id = outputs[0][RUN_ID] if outputs else None
     while len(job.outputs()) < 3:  # a few steps in
         time.sleep(0.01)
-    counts = handle.options(multiplexed_model_id="128x128-euler-200")  # routed to the replica running that shape
-    before = counts.steps_run.remote().result()
+    tag = page.runs.tags[-1]
     page.predict(run_id, api_name="/stop")
-    ran = counts.steps_run.remote().result()
-    (tag,) = [t for t, n in ran.items() if n > before.get(t, 0)]  # the one run going on: this one
-    at_stop = ran[tag]
+    at_stop = steps_of(handle, tag)
     time.sleep(1.0)  # the worker would have run ~20 more steps by now
-    after = counts.steps_run.remote().result()[tag]
+    after = steps_of(handle, tag)
     list(job)
     status = job.outputs()[-1][STATUS]
     assert after - at_stop <= 1 and after < 200, (at_stop, after)
