@@ -47,7 +47,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="port to listen on (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also ask Gradio for a public *.gradio.live link")
     parser.add_argument("--auth", metavar="USER:PASSWORD", help="require this login for the page and the API")
+    parser.add_argument("--backend", default="local", choices=["local", "ray"],
+                        help="where runs execute: local (this process, one at a time) or ray (a pool of workers on "
+                        "Ray Serve; pip install -r requirements-serve.txt)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="with --backend ray: denoiser workers to start (one GPU each where there are GPUs)")
+    parser.add_argument("--ray-address", metavar="ADDRESS",
+                        help="with --backend ray: join this Ray cluster (auto, or ray://host:10001) instead of "
+                        "starting one on this machine")
     args = parser.parse_args(argv)
+    if args.replicas < 1:
+        parser.error(f"--replicas must be at least 1, got {args.replicas}")
+    if args.backend != "ray" and (args.ray_address or args.replicas != 1):
+        parser.error("--replicas and --ray-address need --backend ray")
     if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0]):
         parser.error("--auth must look like user:password")
     return args
@@ -55,9 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_models(args: argparse.Namespace):
     """The pipeline, the preview decoder for "tiny", the model's name, and why we fell back (None if we did not)."""
-    from pipeline import ModelLoadError, load_pipeline, tiny_taesd, toy_pipeline
-    from pipeline.models import ToyPreviewDecoder
-    from pipeline.previews import load_taesdxl
+    from pipeline import ModelLoadError, load_pipeline, toy_pipeline
 
     reason = None
     try:
@@ -68,16 +78,24 @@ def load_models(args: argparse.Namespace):
         logger.warning("Could not load %s: %s. Starting the toy world instead: an exact denoiser over drawn shapes.",
                        args.model, exc)
         pipe, name = toy_pipeline(), "toy"
+    return pipe, preview_autoencoder(pipe, name), name, reason
+
+
+def preview_autoencoder(pipe, name: str):
+    """The small autoencoder the "tiny" preview decoder uses for this model (None where it cannot be had)."""
+    from pipeline import tiny_taesd
+    from pipeline.models import ToyPreviewDecoder
+    from pipeline.previews import load_taesdxl
+
     if name == "toy":  # its own linear VAE is cheaper than any tiny autoencoder, and exact
-        return pipe, ToyPreviewDecoder(pipe.vae), name, reason
+        return ToyPreviewDecoder(pipe.vae)
     if name == "tiny":
-        return pipe, tiny_taesd(), name, reason
+        return tiny_taesd()
     try:
-        taesd = load_taesdxl(device=pipe._execution_device, dtype=pipe.unet.dtype)  # offloaded: pipe.device is the CPU
+        return load_taesdxl(device=pipe._execution_device, dtype=pipe.unet.dtype)  # offloaded: pipe.device is the CPU
     except Exception as exc:  # previews still work with the linear and full-VAE decoders
         logger.warning("Tiny autoencoder (madebyollin/taesdxl) unavailable: %s. Choose another preview decoder.", exc)
-        taesd = None
-    return pipe, taesd, name, reason
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,15 +117,35 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("Removed %d files that an earlier instance on %s:%d left behind", left, args.host, args.port)
 
     try:
-        pipe, taesd, name, reason = load_models(args)
+        # With --backend ray the workers hold the model on their devices; the page keeps a CPU copy for what it
+        # computes itself (token counts, what-if recombination, the other tabs)
+        page_args = argparse.Namespace(**{**vars(args), "device": "cpu", "dtype": "auto", "memory": "auto"}) \
+            if args.backend == "ray" else args
+        pipe, taesd, name, reason = load_models(page_args)
     except ValueError as exc:  # a bad --device/--dtype combination: say which flag, and stop
         sys.exit(f"error: {exc}")
     handlers = Handlers(pipe, taesd=taesd, model_name=name, presets=load_presets(), storage=storage)
+    concurrency = 1
+    if args.backend == "ray":  # imported only here: without --backend ray, Ray is never imported
+        from serving import cluster
+        from serving.frontend import RemoteRuns
+
+        try:
+            handle = cluster.start(args.ray_address, args.replicas, model=name, device=args.device,
+                                   dtype=args.dtype, memory=args.memory)
+        except (cluster.ClusterStartError, ValueError) as exc:
+            cluster.shutdown()
+            sys.exit(f"error: {exc}")
+        handlers.remote = RemoteRuns(handle, args.replicas)
+        # Serve queues and routes now: the page passes runs on until Serve's own queue is full, which it says
+        concurrency = cluster.page_concurrency(args.replicas)
     default_size = pipe.default_sample_size * pipe.vae_scale_factor
     memory = memory_choice(pipe).describe() if reason is None else ""  # a fallback model has no memory mode to tell
+    if args.backend == "ray":  # the page's own copy is on the CPU: say where runs go instead
+        memory = cluster.describe(handle, args.replicas)
     demo = build_demo(handlers, banner=render.banner(name, reason, memory), default_size=default_size)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    demo.queue(default_concurrency_limit=1)
+    demo.queue(default_concurrency_limit=concurrency)
     demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth,
         prevent_thread_lock=True, show_error=True,
@@ -118,7 +156,11 @@ def main(argv: list[str] | None = None) -> None:
             "No share link could be made (Gradio's share server is unreachable: offline or blocked). "
             "Still serving locally at %s", demo.local_url,
         )
-    demo.block_thread()
+    try:
+        demo.block_thread()
+    finally:
+        if args.backend == "ray":
+            cluster.shutdown()
 
 
 if __name__ == "__main__":

@@ -74,14 +74,17 @@ class Denoiser:
         self.chunks = 0
 
     def __call__(self, model_input: Tensor, t: Tensor, conditioning: Conditioning, variant: str = "") -> Tensor:
-        """The model's prediction for each row, (B, 4, H/f, W/f), from the scaled model input (B, 4, H/f, W/f)."""
+        """The model's prediction for each row, (B, 4, H/f, W/f), from the scaled model input (B, 4, H/f, W/f) at
+        timestep `t`, 0-d or (B,)."""
         if variant not in VARIANTS:
             raise ValueError(f"variant: the denoiser knows {sorted(VARIANTS)}, got {variant!r}")
 
         def rows(r: slice) -> Tensor:
             c = conditioning.rows(r)
             extra = {} if c.adherence is None else {"cross_attention_kwargs": {"prompt_adherence": c.adherence}}
-            return self.unet(model_input[r], t, encoder_hidden_states=c.prompt_embeds,
+            # t is one timestep for every row (0-d), or one per row ((B,): rows of runs at different steps, batched
+            # by a Ray Serve replica), sliced with its rows
+            return self.unet(model_input[r], t if t.ndim == 0 else t[r], encoder_hidden_states=c.prompt_embeds,
                              added_cond_kwargs={"text_embeds": c.text_embeds, "time_ids": c.time_ids},
                              return_dict=False, **extra)[0]
 

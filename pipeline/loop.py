@@ -217,9 +217,9 @@ class _UNetBatch:
     """
 
     def __init__(self, pipe: StableDiffusionXLPipeline, lanes: list[_Lane], time_ids: Tensor,
-                 chunk: int | None = None) -> None:
+                 chunk: int | None = None, denoiser: Denoiser | None = None) -> None:
         self.pipe, self.lanes, self.time_ids = pipe, lanes, time_ids
-        self.denoiser = Denoiser(pipe, chunk)
+        self.denoiser = denoiser or Denoiser(pipe, chunk)
         self.conditioning: dict[tuple, Conditioning] = {}
         self.chunks = 0
 
@@ -434,14 +434,15 @@ def _step_info(scheduler, t: Tensor, settings: list[GenerationRequest], predicti
 @torch.no_grad()
 def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest],
                   unet_chunk: int | None = None, *, record: bool = False,
-                  resume: Resume | None = None) -> Iterator[tuple[StepEvent, ...]]:
+                  resume: Resume | None = None, denoiser: Denoiser | None = None) -> Iterator[tuple[StepEvent, ...]]:
     """Run several requests as one batch, yielding one `StepEvent` per request per step. Decodes nothing.
 
     The requests must share scheduler, steps, size and eta; each image still depends only on its own
     request and seed (one generator per image). `unet_chunk` forces the UNet's micro-batch size (rows per
     call; `CFG_EXPLORER_UNET_CHUNK` does the same for the app); by default it follows the free memory.
     `record=True` puts a `StepRecord` on every event; `resume` starts after a step of an earlier run of the
-    same requests instead of at the start.
+    same requests instead of at the start. `denoiser`: the UNet call to use instead of a plain `Denoiser` (anything
+    with its call, `device` and `chunks`: a Ray Serve replica passes one that batches rows across runs).
     """
     if not requests:
         raise ValueError("requests: need at least one request")
@@ -464,7 +465,7 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
                               latents=latents[lane.rows], pred_x0=latents[lane.rows], unet_passes=0) for lane in lanes)
         return
 
-    unet = _UNetBatch(pipe, lanes, _time_ids(pipe, first, dtype), unet_chunk)
+    unet = _UNetBatch(pipe, lanes, _time_ids(pipe, first, dtype), unet_chunk, denoiser)
     extra = step_kwargs(scheduler, [g for gens in lane_generators for g in gens], first.eta)
     timestep_values = timesteps.tolist()  # one device sync here, not one per step for the events
     prediction_type = scheduler.config.prediction_type
@@ -487,16 +488,16 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
 
 
 def denoise(pipe: StableDiffusionXLPipeline, request: GenerationRequest, *, record: bool = False,
-            resume: Resume | None = None) -> Iterator[StepEvent]:
+            resume: Resume | None = None, denoiser: Denoiser | None = None) -> Iterator[StepEvent]:
     """Run one request's denoising loop, yielding one `StepEvent` per step. Decodes nothing."""
-    for (event,) in denoise_batch(pipe, [request], record=record, resume=resume):
+    for (event,) in denoise_batch(pipe, [request], record=record, resume=resume, denoiser=denoiser):
         yield event
 
 
 def generate(pipe: StableDiffusionXLPipeline, request: GenerationRequest, *, record: bool = False,
-             resume: Resume | None = None) -> Iterator[StepEvent]:
+             resume: Resume | None = None, denoiser: Denoiser | None = None) -> Iterator[StepEvent]:
     """`denoise`, with the final event carrying one full-size PIL image per seed, in seed order."""
-    for event in denoise(pipe, request, record=record, resume=resume):
+    for event in denoise(pipe, request, record=record, resume=resume, denoiser=denoiser):
         if event.is_final:
             event = dataclasses.replace(event, images=tuple(final_images(pipe, event.latents)))
         yield event

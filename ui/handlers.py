@@ -206,3 +206,6 @@ class Handlers:
         self.output_dir = Path(output_dir or default)
         self.jobs = Jobs()  # generations and sweeps, for their Stop buttons
         self.whatif = WhatIfStore()  # each run's predictions, for the what-if panel and forks
+        # Where Explore's runs and forks execute: None, here (a thread per run); or `serving.frontend.RemoteRuns`,
+        # the workers of `--backend ray`
+        self.remote = None

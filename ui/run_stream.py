@@ -47,5 +47,9 @@ class RunStreams(Protocol):
     def admit(self, cache: RunCache) -> RunCache:
         """`cache` within the server's what-if memory budget (`handlers.WhatIfStore`)."""
 
+    def make_run(self, request, preview: str, every: int, source: str, cache: RunCache | None, *, fork=None,
+                 history=None, start: int = 0) -> Run:
+        """A run (not started) where the page's runs execute; `fork`: (parent cache, step, new settings)."""
+
     def stream_job(self, run: Run, request: gr.Request | None, intro: str) -> Iterator[tuple]:
         """Run `run` as the session's job (Stop reaches it) and stream its updates, starting with `intro`."""

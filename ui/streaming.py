@@ -249,6 +249,11 @@ class Run:
             raise self._error
 
 
+class RunInterrupted(Exception):
+    """A run ended early for a reason that is no fault of its settings (a remote worker lost, a full queue): the
+    page says it in the status, under where the run stopped, instead of an error badge on every output."""
+
+
 class _Failure:
     def __init__(self, error: BaseException) -> None:
         self.error = error

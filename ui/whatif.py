@@ -17,7 +17,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from pipeline import fork, whatif
+from pipeline import whatif
 from pipeline.models import is_toy
 from pipeline.guidance import GUIDANCE_MODES
 from pipeline.request import GUIDANCE_SCALE_RANGE, RequestError
@@ -27,7 +27,7 @@ from .controls import read
 from .fields import FieldDropdown, FieldRadio, FieldSlider, gr_error
 from .run_stream import RunStreams, add_to_status, run_update
 from .served import ServedGallery
-from .streaming import History, Run
+from .streaming import History
 
 NOTHING = "Generate a run first: the what-if panel recombines its cached predictions."
 RUNNING = "A new run is under way: the panel turns to it when it ends."
@@ -121,7 +121,8 @@ class WhatIfPanel:
         try:
             scale, mode = read("guidance_scale", scale), read("mode", mode)
             every, source = read("preview_every", every), read("preview_source", source)
-            decode = self.runs.decoder(read("preview", decoder or "linear"))
+            preview = read("preview", decoder or "linear")
+            self.runs.decoder(preview)  # a decoder that is not loaded fails here, before the fork
         except ValueError as exc:
             raise _error(exc) from exc
         if history is None or history.whatif is None:  # as Stop with nothing running: said, not an error
@@ -145,8 +146,8 @@ class WhatIfPanel:
             decompositions={s: d for s, d in history.decompositions.items() if s <= step},
             spreads={s: d for s, d in history.spreads.items() if s <= step},
         )
-        run = Run(self.runs.pipe, child.request, decode, every, source=lambda event: getattr(event, source),
-                  cache=child, events=lambda: fork(self.runs.pipe, parent, step, new), history=forked, start=step)
+        run = self.runs.make_run(child.request, preview, every, source, child, fork=(parent, step, new),
+                                 history=forked, start=step)
         for update in self.runs.stream_job(run, request, whatif_render.forking(forked.name, step, history.total)):
             if forked.finals and history.finals and not forked.ending:  # the final images: compare with the parent's
                 forked.ending = whatif_render.fork_ending(forked.name, step, *same_ending(history, forked),

@@ -13,6 +13,8 @@ from typing import Any, Iterator
 import gradio as gr
 
 from pipeline import GenerationRequest, RunCache
+from pipeline import fork as whatif_fork
+from pipeline.whatif import forked_request
 from pipeline.memory import is_out_of_memory
 from pipeline.metadata import save_png
 from pipeline.models import memory_choice
@@ -23,13 +25,18 @@ from .. import render
 from ..controls import BY_LABEL, CONTROL_NAMES, read, request_from_settings
 from ..fields import REFUSALS, gr_error
 from ..handlers import gpu, request_gpu_seconds, takes_controls
-from ..streaming import Run
+from ..streaming import Run, RunInterrupted
 from .defaults import CONTROL_GROUPS, GROUP_TITLES
 from .updates import RunUpdates
 
 logger = logging.getLogger(__name__)
 
 RUNS_KEPT = 32  # final-PNG folders kept on disk; Gradio's own cache is bounded by delete_cache
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def marked(label: str | None) -> tuple[str, list[str]]:
@@ -68,11 +75,25 @@ class RunRoom:
         get = {name: read(name, settings[name]) for name in ("preview", "preview_every", "preview_source")
                if settings.get(name) is not None}.get
         source, every = get("preview_source", "pred_x0"), get("preview_every", 1)
-        decoder = self.decoder(get("preview", "linear"))  # cheap: a decoder that is not loaded fails here
+        preview = get("preview", "linear")
+        self.decoder(preview)  # cheap: a decoder that is not loaded fails here
         if check_only:
             return None
-        return Run(self.pipe, request, decoder, every, source=lambda event: getattr(event, source),
-                   cache=self.handlers.whatif.new(self.pipe, request))
+        return self.make_run(request, preview, every, source, self.handlers.whatif.new(self.pipe, request))
+
+    def make_run(self, request: GenerationRequest, preview: str, every: int, source: str, cache: RunCache | None,
+                 *, fork=None, history=None, start: int = 0):
+        """A run (not started) on the backend: a thread here, or a worker (`handlers.remote`). `fork`: (the parent's
+        cache, the step, the new settings), continued after that step; `history` and `start` then say where."""
+        if self.handlers.remote is not None:
+            if fork is not None:
+                parent, step, new = fork
+                fork = (parent, step, forked_request(parent, step, new))
+            return self.handlers.remote.run(request, preview, every, source, cache, fork=fork, history=history,
+                                            start=start)
+        events = None if fork is None else (lambda: whatif_fork(self.pipe, *fork))
+        return Run(self.pipe, request, self.decoder(preview), every, source=lambda event: getattr(event, source),
+                   cache=cache, events=events, history=history, start=start)
 
     def generate(self, *values: Any, init_image=None, start_latents=None, fork_path=None,
                  request: gr.Request = None) -> Iterator[tuple]:
@@ -127,6 +148,9 @@ class RunRoom:
             for frame in run.start().frames():
                 last = frame
                 yield updates.frame(frame, lambda images: self._save(run.request, images))
+        except RunInterrupted as exc:  # a worker lost, a full queue: said in the status, not as a failed run
+            yield updates.stopped(last, str(exc))
+            return
         except Exception as exc:
             if not is_out_of_memory(exc):
                 logger.exception("generation failed")
@@ -139,7 +163,9 @@ class RunRoom:
     def _save(self, request: GenerationRequest, images) -> list[Path]:
         folder = self.output_dir / uuid.uuid4().hex[:12]
         folder.mkdir(parents=True, exist_ok=True)
+        # a worker's final images come as PNG bytes with their settings already in them (serving.replica_run)
         paths = [save_png(img, folder / f"seed-{seed}.png", request, seed, self.model_name)
+                 if not isinstance(img, bytes) else _write(folder / f"seed-{seed}.png", img)
                  for img, seed in zip(images, request.seeds)]
         with self._lock:  # keep the newest RUNS_KEPT folders; Gradio copies what it serves into its own cache
             folders = sorted(self.output_dir.iterdir(), key=lambda p: p.stat().st_mtime)

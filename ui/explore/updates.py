@@ -106,8 +106,9 @@ class RunUpdates:
             final_btn=gr.update(visible=False), decomposition_note=note,
         )
 
-    def stopped(self, last: Frame | None) -> tuple:
-        """Where a run stopped before its final images."""
+    def stopped(self, last: Frame | None, why: str = "") -> tuple:
+        """Where a run stopped before its final images; `why`, where it was not the person's Stop."""
         step, total = (last.step, last.total) if last else (0, self.history.total)
-        return run_update(status=render.stopped(step, total), step_slider=self.slider(max(step, 1), total),
+        status = f"{why}\n\n{render.stopped(step, total)}" if why else render.stopped(step, total)
+        return run_update(status=status, step_slider=self.slider(max(step, 1), total),
                           norm_plot=self.plot(), history=self.history)
