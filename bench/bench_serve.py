@@ -13,8 +13,9 @@
   `--backend ray --replicas R`. N clients (8, then 16) submit one run each at the same moment through the page's
   API (`/gradio_api/call/generate`, a toy run of `--client-steps` steps, 1 seed, 256 px) and read its stream:
   the makespan (the last client's end) and the p50 / p99 of each client's time to its first preview.
-- **batch**: N same-shape runs at once on one replica, with same-shape batching (batches up to 8) against the
-  same replica class with batches of 1. The replica holds bench/common.py's models (the small random SDXL on
+- **batch**: N same-shape runs at once on one replica, with same-shape batching (batches up to 8, each UNet
+  call waiting `worker.BATCH_WAIT_S` for company as the app's replicas do, or not waiting) against the same
+  replica class with batches of 1. The replica holds bench/common.py's models (the small random SDXL on
   CPU; SDXL's full-size configs with `--full-size`), so the UNet dominates a step. The batched replica's log
   says how many runs shared each UNet call.
 
@@ -29,6 +30,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -46,6 +48,9 @@ HOST = "127.0.0.1"
 TOY = dict(prompt="red circle", mode="cfg", guidance_scale=7.5, seeds=(1, 2, 3, 4), width=256, height=256,
            scheduler="euler")
 PARTS = ("stream", "clients", "batch")
+# A streamed update that shows a step: the first preview. Not always step 1: the page shows the newest frame,
+# so a client that reads late may first see step 3.
+STEP = re.compile(r"step \d+/\d+")
 
 
 def wall(fn):
@@ -180,7 +185,7 @@ def client(url: str, data: list, began: float) -> tuple[float | None, float, str
     first, ended = None, "no end"
     with httpx.stream("GET", f"{url}/gradio_api/call/generate/{event_id}", timeout=600) as stream:
         for line in stream.iter_lines():
-            if first is None and line.startswith("data:") and "step 1/" in line:
+            if first is None and line.startswith("data:") and STEP.search(line):
                 first = time.perf_counter() - began
             if line.startswith("event: complete") or line.startswith("event: error"):
                 ended = line.split(":", 1)[1].strip()
@@ -281,13 +286,15 @@ def batch_part(args) -> list[Comparison]:
 
     kwargs = init_kwargs()
     cuda = args.device.startswith("cuda")
-    ray.init(num_cpus=2, runtime_env=cluster._runtime_env(None), logging_level="WARNING", **kwargs)
+    ray.init(num_cpus=3, runtime_env=cluster._runtime_env(None), logging_level="WARNING", **kwargs)
     serve.start(**serve_start_kwargs())
     worker = bench_worker_class()
-    actor = {"num_gpus": 0.5} if cuda else {"num_cpus": 1}  # both replicas on the one GPU, or a core each
-    handles = {label: serve.run(worker.options(name=f"bench-{size}", ray_actor_options=actor).bind(
-                   args.device, args.full_size, size, BATCH_WAIT_S), name=f"bench-{size}", route_prefix=None)
-               for label, size in (("batched", MAX_BATCH), ("unbatched", 1))}
+    # The replicas share the one GPU, or take a core each (3 logical CPUs on 2 cores: one replica works at a time).
+    actor = {"num_gpus": 0.3} if cuda else {"num_cpus": 1}
+    variants = {"batched": (MAX_BATCH, BATCH_WAIT_S), "batched, no wait": (MAX_BATCH, 0.0), "unbatched": (1, 0.0)}
+    handles = {label: serve.run(worker.options(name=f"bench-{i}", ray_actor_options=actor).bind(
+                   args.device, args.full_size, size, wait), name=f"bench-{i}", route_prefix=None)
+               for i, (label, (size, wait)) in enumerate(variants.items())}
     n = args.batch_runs
     specs = [RunSpec(request(args, seeds=tuple(range(1 + i * args.seeds, 1 + (i + 1) * args.seeds))),
                      preview="linear", preview_every=args.steps) for i in range(n)]
@@ -300,17 +307,20 @@ def batch_part(args) -> list[Comparison]:
         alone = {f"1 run, {label}": wall(lambda h=h: drain(h, specs[0])) for label, h in handles.items()}
         together = {f"{n} runs, {label}": wall(lambda h=h: runs_at_once(h)) for label, h in handles.items()}
         times = interleave({**together, **alone}, args.repeats)
-        log = handles["batched"].unet_log.remote().result()
-        joined = [calls for _, calls, _ in log]
+        logs = {label: [calls for _, calls, _ in handles[label].unet_log.remote().result()]
+                for label in ("batched", "batched, no wait")}
         rows = report(f"batch: {n} same-shape runs at once on one replica ({args.size} px, {args.steps} steps, "
                       f"{args.seeds} seed(s) each; wall time)", times, [
                           Comparison(f"{n} runs: batched / unbatched", f"{n} runs, batched", f"{n} runs, unbatched",
                                      None, "on CPU the gain is small (issue 21)"),
+                          Comparison(f"{n} runs: batched, no wait / unbatched", f"{n} runs, batched, no wait",
+                                     f"{n} runs, unbatched", None, "batches of whatever waits while the UNet runs"),
                           Comparison("1 run: batched / unbatched", "1 run, batched", "1 run, unbatched", None,
                                      f"a lone run's wait for company ({BATCH_WAIT_S * 1e3:g} ms a UNet call)"),
                       ])
-        print(f"  batched replica: {len(joined)} UNet calls logged, {statistics.mean(joined):.2f} runs a call on "
-              f"average, at most {max(joined)}")
+        for label, joined in logs.items():
+            print(f"  {label} replica: {len(joined)} UNet calls logged, {statistics.mean(joined):.2f} runs a call "
+                  f"on average, at most {max(joined)}")
         return rows
     finally:
         cluster.shutdown()
