@@ -136,11 +136,13 @@ def main(argv: list[str] | None = None) -> None:
         except (cluster.ClusterStartError, ValueError) as exc:
             cluster.shutdown()
             sys.exit(f"error: {exc}")
-        handlers.remote = RemoteRuns(handle)
+        handlers.remote = RemoteRuns(handle, args.replicas)
         # Serve queues and routes now: the page passes runs on until Serve's own queue is full, which it says
         concurrency = cluster.page_concurrency(args.replicas)
     default_size = pipe.default_sample_size * pipe.vae_scale_factor
     memory = memory_choice(pipe).describe() if reason is None else ""  # a fallback model has no memory mode to tell
+    if args.backend == "ray":  # the page's own copy is on the CPU: say where runs go instead
+        memory = cluster.describe(handle, args.replicas)
     demo = build_demo(handlers, banner=render.banner(name, reason, memory), default_size=default_size)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     demo.queue(default_concurrency_limit=concurrency)

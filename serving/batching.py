@@ -67,14 +67,15 @@ def _cat(items: list[Rows]) -> Rows:
 
 
 def run_batch(denoiser: Denoiser, items: list[Rows], lock=None,
-              log: Callable[[RowsKey, int, int], None] = lambda key, calls, rows: None) -> list[tuple[Tensor, int]]:
-    """Each item's prediction and the UNet calls its group took, in the order of `items`: one plain `Denoiser`
+              log: Callable[[RowsKey, int, int], None] = lambda key, calls, rows: None) -> list[tuple[Tensor, int, int]]:
+    """Each item's prediction, the UNet calls its group took, and how many runs' calls its group joined, in the
+    order of `items`: one plain `Denoiser`
     call per group of items with equal keys (its micro-batching still applies). `log(key, calls, rows)` is told
     of each UNet call: the key, how many runs' calls it joined, and its rows."""
     groups: dict[RowsKey, list[int]] = {}
     for index, item in enumerate(items):
         groups.setdefault(item.key, []).append(index)
-    results: list[tuple[Tensor, int] | None] = [None] * len(items)
+    results: list[tuple[Tensor, int, int] | None] = [None] * len(items)
     for key, indices in groups.items():
         joined = _cat([items[i] for i in indices])
         if lock is None:
@@ -84,17 +85,19 @@ def run_batch(denoiser: Denoiser, items: list[Rows], lock=None,
                 noise = denoiser(joined.model_input, joined.t, joined.conditioning, joined.variant)
         log(key, len(indices), len(joined))
         for i, part in zip(indices, noise.split([len(items[i]) for i in indices])):
-            results[i] = (part, denoiser.chunks)
+            results[i] = (part, denoiser.chunks, len(indices))
     return results
 
 
 class BatchingDenoiser:
-    """The `Denoiser` call of one run on a replica, sent through the replica's batch (`submit`, blocking)."""
+    """The `Denoiser` call of one run on a replica, sent through the replica's batch (`submit`, blocking).
+    `shared`: how many runs' calls the last call's UNet call joined (1: it ran alone)."""
 
-    def __init__(self, submit: Callable[[Rows], tuple[Tensor, int]], device: torch.device) -> None:
+    def __init__(self, submit: Callable[[Rows], tuple[Tensor, int, int]], device: torch.device) -> None:
         self.submit, self.device = submit, device
         self.chunks = 0
+        self.shared = 1
 
     def __call__(self, model_input: Tensor, t: Tensor, conditioning: Conditioning, variant: str = "") -> Tensor:
-        noise, self.chunks = self.submit(Rows(model_input, t, conditioning, variant))
+        noise, self.chunks, self.shared = self.submit(Rows(model_input, t, conditioning, variant))
         return noise

@@ -97,6 +97,13 @@ def _reason(exc: BaseException) -> str:
     return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
 
 
+def describe(handle, replicas: int) -> str:
+    """The page's banner line: where runs go."""
+    info = handle.info.remote().result()
+    return (f"runs go to {replicas} Ray Serve worker{'s' if replicas > 1 else ''} ({info['model']} on "
+            f"{info['device']}), several at a time; Stop reaches the worker")
+
+
 def shutdown() -> None:
     """Delete the workers and leave the cluster (stopping it, where this process started it)."""
     import ray

@@ -13,14 +13,19 @@ step k, about 1 MB at 1024 px) with the request, so any replica can continue it.
 
 from __future__ import annotations
 
+import collections
 import io
 import logging
-
+import math
+import queue
+import threading
 import uuid
+from typing import Any, Callable, Iterator
 
 from PIL import Image
 
 from pipeline import GenerationRequest, RunCache
+from pipeline.sweep import MAX_BATCH, Axis, SweepEvent, batches, grid_image, sweep_cells
 from ui.streaming import Frame, History, Run, RunInterrupted
 
 from .protocol import RunSpec, unpack
@@ -48,7 +53,8 @@ def interruption(exc: BaseException) -> RunInterrupted | None:
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
     if isinstance(exc, BackPressureError):
-        return RunInterrupted(BUSY.format(queued=getattr(exc, "_num_queued_requests", "many")))
+        queued = exc.args[0] if exc.args else "many"  # num_queued_requests (kept in args across pickling)
+        return RunInterrupted(BUSY.format(queued=queued))
     if isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)):
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return RunInterrupted(WORKER_LOST.format(detail=f"{type(exc).__name__}: {detail[:160]}"))
@@ -113,10 +119,12 @@ class RemoteRun(Run):
 
 
 class RemoteRuns:
-    """Makes the page's runs on the workers: what `ui.explore.run.RunRoom` asks of a backend."""
+    """Makes the page's runs on the workers: what `ui.explore.run.RunRoom` asks of a backend, and the Sweep tab's
+    `sweep` (`pipeline.sweep.run_sweep`'s events, its batches fanned out over the workers)."""
 
-    def __init__(self, handle) -> None:
-        self.handle = handle
+    def __init__(self, handle, replicas: int = 1) -> None:
+        self.handle, self.replicas = handle, replicas
+        self.tags: collections.deque[str] = collections.deque(maxlen=64)  # the newest runs' tags (logs, tests)
 
     def run(self, request: GenerationRequest, preview: str, every: int, source: str, cache: RunCache | None,
             *, fork=None, history: History | None = None, start: int = 0) -> RemoteRun:
@@ -127,7 +135,53 @@ class RemoteRuns:
             resume = resume_state(parent, step)
         spec = RunSpec(request, preview, every, source, None if cache is None else cache.stride, resume, start,
                        tag=uuid.uuid4().hex)
+        self.tags.append(spec.tag)
         return RemoteRun(self.handle, spec, cache, history, start)
 
+    def sweep_batches(self, cells: list) -> list[list]:
+        """The same-shape cell groups (`pipeline.sweep.batches`), at most one worker's share each."""
+        return batches(cells, max(1, min(MAX_BATCH, math.ceil(len(cells) / self.replicas))))
 
+    def sweep(self, base: GenerationRequest, x: Axis, y: Axis, title: Callable[[str], str] = str,
+              shown: Callable[[str, Any], str] | None = None) -> Iterator[SweepEvent]:
+        """`pipeline.sweep.run_sweep` on the workers: the same-shape cell groups, cut so that every worker gets a
+        share, all stream at once (Serve routes each to the least busy worker; each worker's batch runs as one
+        `denoise_batch`). Events come as the batches step and finish; the last carries the grid. Closing this
+        generator (the sweep's Stop) cancels every batch still running."""
+        cells = sweep_cells(base, x, y)
+        groups = self.sweep_batches(cells)
+        events: queue.Queue = queue.Queue()
+        responses = [self.handle.options(stream=True).cells.remote([c.request for c in group]) for group in groups]
+
+        def pull(group, response) -> None:
+            try:
+                for payload in response:
+                    events.put((group, payload))
+            except BaseException as exc:  # the reader raises it (or the status says a worker was lost)
+                events.put((group, interruption(exc) or exc))
+            events.put((group, None))
+
+        threads = [threading.Thread(target=pull, args=pair, daemon=True) for pair in zip(groups, responses)]
+        for thread in threads:
+            thread.start()
+        images: dict[int, Image.Image] = {}
+        running = len(groups)
+        try:
+            while running:
+                group, payload = events.get()
+                if payload is None:
+                    running -= 1
+                    continue
+                if isinstance(payload, BaseException):
+                    raise payload
+                finished = ()
+                if "pngs" in payload:
+                    finished = tuple((cell, _image(data)) for cell, data in zip(group, payload["pngs"]))
+                    images.update((cell.index, image) for cell, image in finished)
+                last = len(images) == len(cells)
+                grid = grid_image([images[c.index] for c in cells], x, y, title=title, shown=shown) if last else None
+                yield SweepEvent(len(images), len(cells), payload["step"], payload["total"], finished, grid)
+        finally:
+            for response in responses:  # a Stop or a closed tab: no worker computes another step of it
+                response.cancel()
 

@@ -22,6 +22,8 @@ import torch
 from PIL import Image, ImageChops
 
 from pipeline import generate
+from pipeline.loop import denoise_batch
+from pipeline.previews import final_images
 from pipeline.decompose import spread
 from pipeline.loop import StepEvent, StepRecord
 from pipeline.metadata import png_info
@@ -118,6 +120,7 @@ def payloads(pipe, taesd, spec: RunSpec, lock: ModelLock, stop: threading.Event,
                 return
             on_step()
             payload = {"step": event.step, "total": event.total, "unet_chunks": event.unet_chunks,
+                       "shared": getattr(denoiser, "shared", 1),  # runs whose rows shared the step's UNet call
                        "guidance_x0": None if event.guidance_x0 is None else [float(n) for n in event.guidance_x0]}
             if event.step % spec.preview_every == 0 or event.is_final:
                 with lock:
@@ -134,6 +137,28 @@ def payloads(pipe, taesd, spec: RunSpec, lock: ModelLock, stop: threading.Event,
                 if is_toy(pipe):
                     payload["landed"] = landings(pipe, event.pred_x0)
             payload["elapsed"] = time.perf_counter() - start
+            yield payload
+    finally:
+        events.close()
+
+
+def cell_payloads(pipe, requests: list, stop: threading.Event, denoiser=None,
+                  on_step: Callable[[], None] = lambda: None) -> Iterator[dict]:
+    """A sweep's batch of same-shape cells (`pipeline.sweep.batches`) as one `denoise_batch`: a payload per step,
+    and the cells' final images as PNG bytes (one per request, in order) on the last."""
+    events = denoise_batch(pipe, requests, denoiser=denoiser)
+    try:
+        while not stop.is_set():
+            step = next(events, None)
+            if step is None:
+                return
+            on_step()
+            payload = {"step": step[0].step, "total": step[0].total}
+            if step[0].is_final:
+                buffers = [io.BytesIO() for _ in step]
+                for event, buffer in zip(step, buffers):
+                    final_images(pipe, event.latents)[0].save(buffer, format="PNG")
+                payload["pngs"] = [buffer.getvalue() for buffer in buffers]
             yield payload
     finally:
         events.close()

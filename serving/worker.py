@@ -16,6 +16,7 @@ Serve reads the annotations of deployment classes at run time.
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
@@ -28,7 +29,7 @@ from pipeline.denoiser import Denoiser, execution_device
 
 from .batching import BatchingDenoiser, Rows, run_batch
 from .protocol import RunSpec
-from .replica_run import ModelLock, payloads
+from .replica_run import ModelLock, cell_payloads, payloads
 
 logger = logging.getLogger("cfg_explorer.serving")
 
@@ -80,7 +81,7 @@ class DenoiserWorker:
         logger.info("worker ready: %s on %s (pid %d)", model, self.device, os.getpid())
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def _unet_rows(self, items: list[Rows]) -> list[tuple[torch.Tensor, int]]:
+    async def _unet_rows(self, items: list[Rows]) -> list[tuple[torch.Tensor, int, int]]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.model_pool, run_batch, self.denoiser, items, self.lock,
                                           lambda key, calls, rows: self.unet_calls.append((key, calls, rows)))
@@ -90,25 +91,47 @@ class DenoiserWorker:
         """Registers a shape key on this replica, so that Serve routes the next runs of that shape here."""
         return key
 
-    async def run(self, spec: RunSpec):
-        """Stream the run's payloads (`replica_run.payloads`); a cancel stops it within one step."""
-        key = serve.get_multiplexed_model_id()
-        if key:
-            await self._shape(key)
+    def _batching(self) -> BatchingDenoiser:
+        """A run's UNet call, through this replica's batch (from the run's thread onto the replica's event loop,
+        where the batch gathers)."""
         loop = asyncio.get_running_loop()
 
-        def submit(rows: Rows):  # from the run's thread onto this replica's event loop, where the batch gathers
+        def submit(rows: Rows):
             return asyncio.run_coroutine_threadsafe(self._unet_rows(rows), loop).result()
 
-        tag = spec.tag or uuid.uuid4().hex
+        return BatchingDenoiser(submit, self.device)
+
+    def _counter(self, tag: str):
+        tag = tag or uuid.uuid4().hex
         self.steps[tag] = 0
 
         def counted() -> None:
             self.steps[tag] += 1
 
+        return counted
+
+    async def run(self, spec: RunSpec):
+        """Stream the run's payloads (`replica_run.payloads`); a cancel stops it within one step."""
+        key = serve.get_multiplexed_model_id()
+        if key:
+            await self._shape(key)
         stop = threading.Event()
-        gen = payloads(self.pipe, self.taesd, spec, self.lock, stop, self.model_name,
-                       BatchingDenoiser(submit, self.device), counted)
+        gen = payloads(self.pipe, self.taesd, spec, self.lock, stop, self.model_name, self._batching(),
+                       self._counter(spec.tag))
+        async with contextlib.aclosing(self._pulled(gen, stop)) as pulled:  # closed with this one: on a cancel too
+            async for payload in pulled:
+                yield payload
+
+    async def cells(self, requests: list, tag: str = ""):
+        """Stream a sweep's batch of same-shape cells (`replica_run.cell_payloads`); a cancel stops it in a step."""
+        stop = threading.Event()
+        gen = cell_payloads(self.pipe, requests, stop, self._batching(), self._counter(tag))
+        async with contextlib.aclosing(self._pulled(gen, stop)) as pulled:  # closed with this one: on a cancel too
+            async for payload in pulled:
+                yield payload
+
+    async def _pulled(self, gen, stop: threading.Event):
+        """`gen`'s items, each pulled on a run thread; on the end, an error or the caller's cancel, `stop` is set."""
         pending = None
         try:
             while True:
@@ -128,8 +151,9 @@ class DenoiserWorker:
         return {"model": self.model_name, "device": str(self.device), "pid": os.getpid(),
                 "actor": ray.get_runtime_context().get_actor_name()}
 
-    async def steps_run(self, tag: str) -> int | None:
-        return self.steps.get(tag)
+    async def steps_run(self) -> dict[str, int]:
+        """Each run's steps so far, by tag (tests count the steps a stopped run took)."""
+        return dict(self.steps)
 
     async def unet_log(self) -> list[tuple]:
         return [(tuple(key), calls, rows) for key, calls, rows in self.unet_calls]

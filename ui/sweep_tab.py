@@ -94,7 +94,8 @@ class Sweeps:
             where = {"sweep_axis": "Y axis", "sweep": "X values × Y values", x.name: "X values",
                      y.name: "Y values"}.get(axis, "Explore settings")
             raise refused(f"{where}: {exc}") from exc
-        return base, x, y, len(cells), len(batches(cells))
+        remote = self.handlers.remote  # --backend ray cuts the batches so that every worker gets a share
+        return base, x, y, len(cells), len(remote.sweep_batches(cells) if remote is not None else batches(cells))
 
     def sweep(self, *values: Any, x_axis: str = "guidance_scale", x_values: str = "", y_axis: str = "seed",
               y_values: str = "", request: gr.Request = None) -> Iterator[tuple]:
@@ -127,7 +128,9 @@ class Sweeps:
         )
         cells: dict[int, tuple[Image.Image, str]] = {}  # grid index -> (thumbnail, caption)
         batch, step, steps = 1, 0, base.steps
-        events = run_sweep(self.handlers.pipe, base, x, y, title=label_of, shown=shown_value)
+        remote = self.handlers.remote  # --backend ray: the batches fan out over the workers
+        events = (remote.sweep(base, x, y, title=label_of, shown=shown_value) if remote is not None
+                  else run_sweep(self.handlers.pipe, base, x, y, title=label_of, shown=shown_value))
         try:
             for event in events:
                 step, steps = event.step, event.total_steps

@@ -236,6 +236,13 @@ class PlainRuns:
         self.admitted.append(cache)
         return cache
 
+    def make_run(self, request, preview, every, source, cache, *, fork=None, history=None, start=0):
+        from pipeline import fork as continue_run
+        from ui.streaming import Run
+
+        return Run(self.pipe, request, self.decoder(preview), every, source=lambda event: getattr(event, source),
+                   cache=cache, events=lambda: continue_run(self.pipe, *fork), history=history, start=start)
+
     def stream_job(self, run, request, intro):
         from ui.run_stream import run_update
 

@@ -79,3 +79,30 @@ def test_step_sigmas_before_the_first_step_of_dpm(tiny_pipe):
     scheduler.set_timesteps(4)
     sigma, sigma_next = step_sigmas(scheduler, scheduler.timesteps[0])
     assert (sigma, sigma_next) == (float(scheduler.sigmas[0]), float(scheduler.sigmas[1]))
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 2])
+def test_one_timestep_per_row_follows_its_rows_through_micro_batches(toy_pipe, chunk):
+    """Rows of runs at different steps share a UNet call (Ray Serve's same-shape batching) with one timestep per
+    row, (B,): each row's prediction equals its own call at its own timestep, however the batch is chunked."""
+    torch.manual_seed(0)
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([900.0, 500.0, 20.0])
+    cond = Conditioning(torch.randn(3, 77, 32), torch.randn(3, 8), torch.randn(3, 6))
+    together = Denoiser(toy_pipe, chunk)(x, t, cond)
+    for row in range(3):
+        alone = Denoiser(toy_pipe)(x[row:row + 1], t[row], cond.rows(slice(row, row + 1)))
+        assert together[row:row + 1].equal(alone)  # max difference 0.0: the toy's UNet is row-wise float64
+
+
+def test_a_real_unet_takes_one_timestep_per_row(tiny_pipe):
+    """diffusers' UNet2DConditionModel takes a (B,) timestep as it is: rows at different timesteps in one call equal
+    their own calls within CHUNKED_TOL (float32 matmuls over 1 row and over 3 may round differently)."""
+    torch.manual_seed(0)
+    width = tiny_pipe.unet.config.cross_attention_dim
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([900, 500, 20])
+    cond = Conditioning(torch.randn(3, 77, width), torch.randn(3, tiny_pipe.text_encoder_2.config.projection_dim),
+                        torch.tensor([[64.0, 64, 0, 0, 64, 64]]).repeat(3, 1))
+    together = Denoiser(tiny_pipe)(x, t, cond)
+    for row in range(3):
+        alone = Denoiser(tiny_pipe)(x[row:row + 1], t[row], cond.rows(slice(row, row + 1)))
+        torch.testing.assert_close(together[row:row + 1], alone, **CHUNKED_TOL)
