@@ -26,7 +26,6 @@ loopback only) and shuts it down.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
 import os
