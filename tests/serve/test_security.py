@@ -254,6 +254,7 @@ def guarded_ray_app(tmp_path_factory):
         server.stop()
 
 
+@pytest.mark.slow  # starts app.py, its cluster and a worker: about 45 s
 def test_the_ray_app_keeps_its_login_and_opens_only_token_guarded_ports(guarded_ray_app):
     """The page's port is the public one and `--auth` guards it; its cluster adds only Serve's token-guarded port."""
     from tests.reliability.conftest import QUICK
