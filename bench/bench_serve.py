@@ -290,7 +290,8 @@ def batch_part(args) -> list[Comparison]:
     worker = bench_worker_class()
     # The replicas share the one GPU, or take a core each (3 logical CPUs on 2 cores: one replica works at a time).
     actor = {"num_gpus": 0.3} if cuda else {"num_cpus": 1}
-    variants = {"batched": (MAX_BATCH, BATCH_WAIT_S), "batched, no wait": (MAX_BATCH, 0.0), "unbatched": (1, 0.0)}
+    wait = BATCH_WAIT_S if args.batch_wait_ms is None else args.batch_wait_ms / 1e3
+    variants = {"batched": (MAX_BATCH, wait), "batched, no wait": (MAX_BATCH, 0.0), "unbatched": (1, 0.0)}
     handles = {label: serve.run(worker.options(name=f"bench-{i}", ray_actor_options=actor).bind(
                    args.device, args.full_size, size, wait), name=f"bench-{i}", route_prefix=None)
                for i, (label, (size, wait)) in enumerate(variants.items())}
@@ -315,7 +316,7 @@ def batch_part(args) -> list[Comparison]:
                           Comparison(f"{n} runs: batched, no wait / unbatched", f"{n} runs, batched, no wait",
                                      f"{n} runs, unbatched", None, "batches of whatever waits while the UNet runs"),
                           Comparison("1 run: batched / unbatched", "1 run, batched", "1 run, unbatched", None,
-                                     f"a lone run's wait for company ({BATCH_WAIT_S * 1e3:g} ms a UNet call)"),
+                                     f"a lone run's wait for company ({wait * 1e3:g} ms a UNet call)"),
                       ])
         for label, joined in logs.items():
             print(f"  {label} replica: {len(joined)} UNet calls logged, {statistics.mean(joined):.2f} runs a call "
@@ -334,6 +335,8 @@ def main(argv: list[str] | None = None) -> list[Comparison]:
     p.add_argument("--client-steps", type=int, default=30, help="steps of each client's toy run (default 30)")
     p.add_argument("--replicas", type=int, default=2, help="replicas of the Ray app in the clients part (default 2)")
     p.add_argument("--batch-runs", type=int, default=8, help="same-shape runs at once in the batch part (default 8)")
+    p.add_argument("--batch-wait-ms", type=float, default=None,
+                   help="how long the batched replica's UNet calls wait for company (default: the app's, 5 ms)")
     args = p.parse_args(argv)
     if args.size is None and not args.full_size:
         args.size = 128  # the batch part's small SDXL on CPU: 8 runs at 512 px take minutes on 2 busy cores
