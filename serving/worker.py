@@ -76,6 +76,7 @@ class DenoiserWorker:
         self.model_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cfg-unet")
         self.steps: dict[str, int] = {}  # run tag -> steps its model ran (tests count a stopped run's steps)
         self.unet_calls: collections.deque = collections.deque(maxlen=2000)  # (key, runs joined, rows) per call
+        self.active = 0  # runs and sweep batches streaming now
         self._unet_rows.set_max_batch_size(batch_size)
         self._unet_rows.set_batch_wait_timeout_s(batch_wait_s)
         logger.info("worker ready: %s on %s (pid %d)", model, self.device, os.getpid())
@@ -83,8 +84,10 @@ class DenoiserWorker:
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _unet_rows(self, items: list[Rows]) -> list[tuple[torch.Tensor, int, int]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.model_pool, run_batch, self.denoiser, items, self.lock,
-                                          lambda key, calls, rows: self.unet_calls.append((key, calls, rows)))
+        return await loop.run_in_executor(self.model_pool, run_batch, self.denoiser, items, self.lock, self._log)
+
+    def _log(self, key, calls: int, rows: int) -> None:
+        self.unet_calls.append((key, calls, rows))
 
     @serve.multiplexed(max_num_models_per_replica=64)
     async def _shape(self, key: str) -> str:
@@ -93,10 +96,13 @@ class DenoiserWorker:
 
     def _batching(self) -> BatchingDenoiser:
         """A run's UNet call, through this replica's batch (from the run's thread onto the replica's event loop,
-        where the batch gathers)."""
+        where the batch gathers). A run alone on the replica calls the UNet at once: waiting for company that
+        cannot come would add `batch_wait_s` to every step."""
         loop = asyncio.get_running_loop()
 
         def submit(rows: Rows):
+            if self.active <= 1:
+                return run_batch(self.denoiser, [rows], self.lock, self._log)[0]
             return asyncio.run_coroutine_threadsafe(self._unet_rows(rows), loop).result()
 
         return BatchingDenoiser(submit, self.device)
@@ -133,6 +139,7 @@ class DenoiserWorker:
     async def _pulled(self, gen, stop: threading.Event):
         """`gen`'s items, each pulled on a run thread; on the end, an error or the caller's cancel, `stop` is set."""
         pending = None
+        self.active += 1
         try:
             while True:
                 pending = self.run_pool.submit(next, gen, _END)
@@ -141,6 +148,7 @@ class DenoiserWorker:
                     return
                 yield payload
         finally:  # the end, an error, or the caller's cancel: no step after the one in flight
+            self.active -= 1
             stop.set()
             if pending is not None:  # close the generator on a pool thread once its step is done
                 pending.add_done_callback(lambda _: self.run_pool.submit(gen.close))

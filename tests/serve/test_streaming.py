@@ -1,5 +1,7 @@
 """A run on a worker streams every step in order, and shows what the same run in-process shows."""
 
+import io
+
 from pipeline.metadata import read_settings
 from pipeline.previews import make_preview_decoder
 from serving.protocol import RunSpec, unpack
@@ -17,7 +19,7 @@ def test_a_run_streams_every_step_in_order_and_equals_the_in_process_run(handle,
     final = payloads[-1]
     for png, image, seed in zip(final["pngs"], events[-1].images, request.seeds):  # PNGs: lossless, exactly equal
         assert (pixels(png) == pixels(image)).all()
-        assert read_settings(__import__("io").BytesIO(png)) == (request, seed)
+        assert read_settings(io.BytesIO(png)) == (request, seed)  # the settings travel in the PNG
     assert unpack(final["record"]).latents.equal(events[-1].latents)  # the final latents: max difference 0.0
     decoder = make_preview_decoder("linear", toy_pipe)
     for payload, event in zip(payloads, events):
