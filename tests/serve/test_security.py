@@ -235,3 +235,55 @@ def test_token_file_is_private_and_outside_served_folders(cluster):
     path = security.token_path()
     assert path.stat().st_mode & 0o077 == 0, oct(path.stat().st_mode)
     assert not any(path.is_relative_to(root) for root in security.served_roots())
+
+
+@pytest.fixture(scope="module")
+def guarded_ray_app(tmp_path_factory):
+    """`python app.py --backend ray --auth ...`: the page, its cluster and one worker, as a user starts them."""
+    from tests.reliability import conftest as reliability
+
+    reliability.START_TIMEOUT = 300  # a cluster and a worker to start on a loaded 2-core machine
+    server = reliability.Server(reliability.free_port(), tmp_path_factory.mktemp("ray-app"),
+                                args=("--backend", "ray", "--replicas", "1", "--auth", "ada:lovelace"),
+                                env={"RAY_USAGE_STATS_ENABLED": "0"})
+    server.auth = ("ada", "lovelace")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow  # starts app.py, its cluster and a worker: about 45 s
+def test_the_ray_app_keeps_its_login_and_opens_only_token_guarded_ports(guarded_ray_app):
+    """The page's port is the public one and `--auth` guards it; its cluster adds only Serve's token-guarded port."""
+    from tests.reliability.conftest import QUICK
+
+    server = guarded_ray_app
+    anonymous = {
+        "api info": httpx_status("GET", f"{server.url}/gradio_api/info"),
+        "api call": httpx_status("POST", f"{server.url}/gradio_api/call/generate", json={"data": []}),
+    }
+    assert set(anonymous.values()) <= {401, 403}, anonymous
+    kind, _ = server.call("generate", server.payload("generate", **QUICK), timeout=300)
+    assert kind == "complete"  # behind the login, a run on the worker completes
+    app = psutil.Process(server.process.pid)
+    procs = [app, *app.children(recursive=True)]
+    beyond = []
+    for proc in procs:
+        try:
+            conns, name = proc.net_connections("tcp"), proc.name()
+        except psutil.NoSuchProcess:
+            continue
+        beyond += [Listener(c.laddr.ip, c.laddr.port, name) for c in conns
+                   if c.status == psutil.CONN_LISTEN and c.laddr.ip not in LOOPBACK]
+    assert beyond and all("ServeReplica" in lst.process for lst in beyond), beyond
+    token = cluster_token()  # the app's cluster reads the same token file as this one
+    for lst in beyond:
+        assert classify(lst, token).startswith("refuses"), lst
+
+
+def httpx_status(method: str, url: str, **kwargs) -> int:
+    import httpx
+
+    return httpx.request(method, url, timeout=30, **kwargs).status_code
