@@ -335,7 +335,8 @@ def batch_part(args) -> list[Comparison]:
                                                                                **common),
             "unbatched": DenoiserWorker.options(ray_actor_options=actor).bind(model, args.device, batch_size=1,
                                                                               **common)}
-    handles = {label: serve.run(app, name=f"bench-{i}", route_prefix=None) for i, (label, app) in enumerate(apps.items())}
+    handles = {label: serve.run(app, name=f"bench-{i}", route_prefix=None)
+               for i, (label, app) in enumerate(apps.items())}
     n = args.batch_runs
     specs = [RunSpec(request(args, seeds=tuple(range(1 + i * args.seeds, 1 + (i + 1) * args.seeds))),
                      preview="linear", preview_every=args.steps) for i in range(n)]
@@ -387,7 +388,8 @@ def main(argv: list[str] | None = None) -> list[Comparison]:
     p.add_argument("--replicas", type=int, default=2, help="replicas of the Ray app in the clients part (default 2)")
     p.add_argument("--batch-runs", type=int, default=8, help="same-shape runs at once in the batch part (default 8)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
-                   help="the fixed wait of the @serve.batch replica the gatherer is compared with (default 5, as before)")
+                   help="the fixed wait of the @serve.batch replica the gatherer is compared with "
+                        "(default 5, as before)")
     args = p.parse_args(argv)
     if args.size is None and not args.full_size:
         args.size = 128  # the batch part's small SDXL on CPU: 8 runs at 512 px take minutes on 2 busy cores

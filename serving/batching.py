@@ -3,9 +3,9 @@
 Each run's thread calls a `BatchingDenoiser` exactly as the loop calls `pipeline.denoiser.Denoiser`
 (`(model_input, t, conditioning, variant)`). It hands its rows to the replica's `Gatherer`, which holds a round
 open until every run of that shape in progress on the replica has submitted its call, then runs the plain
-`Denoiser` once per group of rows that can share a UNet call (`run_batch`) and gives each caller its own rows back. The UNet is row-independent and takes
-one timestep per row, so runs at different steps share a call; each run keeps its own seeds, generators and
-guidance (those live in its loop, outside the UNet).
+`Denoiser` once per group of rows that can share a UNet call (`run_batch`) and gives each caller its own rows
+back. The UNet is row-independent and takes one timestep per row, so runs at different steps share a call; each
+run keeps its own seeds, generators and guidance (those live in its loop, outside the UNet).
 
 Rows meet only where everything but the row count agrees (`RowsKey`): the latent shape, the variant, dtypes,
 devices, the embeddings' widths, and toy-vs-real conditioning (the toy's per-row prompt adherence). Same-shape runs

@@ -86,7 +86,8 @@ def rounds(handle, key: str) -> list[tuple[int, str]]:
 def test_runs_started_together_share_their_unet_calls(handle):
     """Two same-shape runs started at once meet in (nearly) every UNet call, even where one does more between its
     calls (previews and records of 8 seeds every step) than the other: each counts in its shape's group from its
-    start, and a round closes when both have submitted. (The `@serve.batch` replica, with its fixed 5 ms wait, met them in 1.50 runs a call: measured.)"""
+    start, and a round closes when both have submitted. (The `@serve.batch` replica, with its fixed 5 ms wait, met
+    them in 1.50 runs a call: measured.)"""
     def spec(seeds, every: int) -> RunSpec:
         return RunSpec(toy_request(steps=30, seeds=seeds, width=256, height=256), preview_every=every,
                        record_every=every)
