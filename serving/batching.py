@@ -128,7 +128,9 @@ class Gatherer:
 
     A run joins its group when it starts (`join`), so the first rounds of runs started together already meet; it
     leaves at its last step (`BatchingDenoiser.finishing`: its final decode must not hold the others) or when it
-    ends or its caller cancels (`leave`, from any thread: a round that only waited for it closes at once)."""
+    ends or its caller cancels (`leave`, from any thread: a round that only waited for it closes at once). A run
+    that starts with one step left (a fork at N-1) learns it too late and counts until it ends: there the safety
+    net bounds the others' wait."""
 
     def __init__(self, run: Callable[[list[Rows]], list[tuple[Tensor, int, int]]], max_batch: int = 8,
                  timeout_s: float = 0.1, log_size: int = 2000) -> None:

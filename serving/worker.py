@@ -132,22 +132,27 @@ class DenoiserWorker:
         denoiser = self._batching(key or spec.shape_key())
         gen = payloads(self.pipe, self.taesd, spec, self.lock, stop, self.model_name, denoiser,
                        self._counter(spec.tag))
-        async with contextlib.aclosing(self._pulled(gen, stop, denoiser)) as pulled:  # closed on a cancel too
-            async for payload in pulled:
-                yield payload
+        try:
+            async with contextlib.aclosing(self._pulled(gen, stop)) as pulled:  # closed with this one: on a cancel too
+                async for payload in pulled:
+                    yield payload
+        finally:  # the end, an error or the caller's cancel: no round waits for this run any more
+            denoiser.close()
 
     async def cells(self, requests: list, tag: str = ""):
         """Stream a sweep's batch of same-shape cells (`replica_run.cell_payloads`); a cancel stops it in a step."""
         stop = threading.Event()
         denoiser = self._batching(RunSpec(requests[0]).shape_key())
         gen = cell_payloads(self.pipe, requests, stop, denoiser, self._counter(tag))
-        async with contextlib.aclosing(self._pulled(gen, stop, denoiser)) as pulled:  # closed on a cancel too
-            async for payload in pulled:
-                yield payload
+        try:
+            async with contextlib.aclosing(self._pulled(gen, stop)) as pulled:  # closed with this one: on a cancel too
+                async for payload in pulled:
+                    yield payload
+        finally:
+            denoiser.close()
 
-    async def _pulled(self, gen, stop: threading.Event, denoiser: BatchingDenoiser):
-        """`gen`'s items, each pulled on a run thread; on the end, an error or the caller's cancel, `stop` is set
-        and the run leaves its shape's group at once (no round waits for it)."""
+    async def _pulled(self, gen, stop: threading.Event):
+        """`gen`'s items, each pulled on a run thread; on the end, an error or the caller's cancel, `stop` is set."""
         pending = None
         try:
             while True:
@@ -158,7 +163,6 @@ class DenoiserWorker:
                 yield payload
         finally:  # the end, an error, or the caller's cancel: no step after the one in flight
             stop.set()
-            denoiser.close()
             if pending is not None:  # close the generator on a pool thread once its step is done
                 pending.add_done_callback(lambda _: self.run_pool.submit(gen.close))
 
