@@ -27,7 +27,7 @@ from .decompose import Decomposition, alpha_bar, decompose, pred_x0, x0_differen
 from .guidance import (  # noqa: F401 (UNCOND: for callers)
     COND, UNCOND, Mode, Part, StepInfo, combine, guidance_mode, guidance_stats, step_prediction,
 )
-from .denoiser import Conditioning, Denoiser, execution_device
+from .denoiser import Conditioning, Denoiser, execution_device, variant_problem
 from .models.toy import is_toy
 from .previews import encode_image, final_images
 from .request import GenerationRequest, RequestError
@@ -107,12 +107,12 @@ def _plan(request: GenerationRequest, i: int, total: int) -> StepPlan:
     if i < mode.zero_steps(params):
         return StepPlan((), 0.0, i)  # the prediction is 0, and no UNet pass is needed for it
     if not mode.guided:
-        return StepPlan(mode.needs(1.0, params), 1.0, i)
+        return StepPlan(mode.parts(1.0, params, i), 1.0, i)
     if not in_interval(i, total, request.guidance_interval):
         return StepPlan((COND,), 1.0, i)  # outside the interval: no guidance, the conditional prediction alone
     p = progress(i, total)
     scale = scheduled_scale(request.guidance_schedule, request.guidance_scale, p, request.guidance_cutoff)
-    return StepPlan(mode.needs(scale, params), scale, i)
+    return StepPlan(mode.parts(scale, params, i), scale, i)
 
 
 def plan_passes(request: GenerationRequest) -> list[int]:
@@ -210,7 +210,7 @@ class _LaneStep:
 
 class _UNetBatch:
     """Every lane's predictions for a step, assembled into one batch for the `Denoiser` (one call per model
-    variant; today every pass uses the plain UNet, so one call).
+    variant: the plain UNet's passes, then each variant's, e.g. PAG's perturbed pass).
 
     The stacked conditioning of each distinct set of plans is built once and reused: a run has few. `chunks`
     says how many UNet calls the last step took (micro-batching, in the denoiser).
@@ -318,6 +318,19 @@ def _check_adherence(pipe: StableDiffusionXLPipeline, requests: Sequence[Generat
                 raise RequestError("prompt_adherence", "only the toy world's model has it (how well it learned its "
                                                        f"prompts); leave it unset for this model, got "
                                                        f"{request.prompt_adherence!r}")
+
+
+def _check_variants(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest]) -> None:
+    """A mode whose passes need a model variant this UNet cannot run (PAG and SEG perturb attention layers, which
+    the toy's exact denoiser has none of) is refused before any model call, naming the mode and why."""
+    for request in requests:
+        total = _steps_taken(request)
+        for i in range(total):
+            for part in _plan(request, i, total).parts:
+                problem = variant_problem(pipe.unet, part.variant)
+                if problem:
+                    label = guidance_mode(request.settings_at(i).mode).label
+                    raise RequestError("mode", f"{label} is not available for this model: {problem}")
 
 
 def img2img_start(steps: int, strength: float) -> int:
@@ -448,6 +461,7 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
     _check_batchable(requests)
     _check_latents_shape(pipe, requests)  # before any model call
     _check_adherence(pipe, requests)
+    _check_variants(pipe, requests)
     first = requests[0]
     scheduler, timesteps = _timesteps(pipe, first)
     total = len(timesteps)
