@@ -35,11 +35,11 @@ def test_inversion_goes_through_the_denoisers_micro_batching(tiny_pipe, monkeypa
 
 
 def test_denoiser_refuses_a_variant_it_does_not_know(tiny_pipe):
-    """A pass asking for a model variant (PAG's, later) is refused, never run on the plain UNet instead."""
+    """A pass asking for a model variant no mode registered is refused, never run on the plain UNet instead."""
     denoiser = Denoiser(tiny_pipe)
     conditioning = Conditioning(torch.zeros(1, 77, 64), torch.zeros(1, 32), torch.zeros(1, 6))
     with pytest.raises(ValueError, match="variant: the denoiser knows"):
-        denoiser(torch.zeros(1, 4, 8, 8), torch.tensor(999), conditioning, "pag")
+        denoiser(torch.zeros(1, 4, 8, 8), torch.tensor(999), conditioning, "sharpened")
 
 
 @pytest.mark.parametrize("scheduler", ["euler", "ddim"])
@@ -79,3 +79,27 @@ def test_step_sigmas_before_the_first_step_of_dpm(tiny_pipe):
     scheduler.set_timesteps(4)
     sigma, sigma_next = step_sigmas(scheduler, scheduler.timesteps[0])
     assert (sigma, sigma_next) == (float(scheduler.sigmas[0]), float(scheduler.sigmas[1]))
+
+
+@pytest.mark.parametrize("variant", ["pag", "pag:mid", "pag:down,up", "seg", "seg:1.5", "autoguidance"])
+def test_a_variant_pass_changes_the_prediction_and_leaves_the_unet_as_it_was(tiny_pipe, variant):
+    """Each perturbed-model variant (issue 22) changes what the UNet predicts, and only inside its pass: the plain
+    call after it is bit-identical to the one before (diffusers' hooks are taken off again)."""
+    denoiser = Denoiser(tiny_pipe)
+    g = torch.Generator().manual_seed(0)
+    conditioning = Conditioning(torch.randn(2, 77, 64, generator=g), torch.randn(2, 32, generator=g),
+                                torch.tensor([[96.0, 64.0, 0.0, 0.0, 96.0, 64.0]] * 2))
+    sample, t = torch.randn(2, 4, 12, 8, generator=g), torch.tensor(500)
+    before = denoiser(sample, t, conditioning)
+    perturbed = denoiser(sample, t, conditioning, variant)
+    after = denoiser(sample, t, conditioning)
+    assert (perturbed - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, before, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["pag", "seg"])
+def test_attention_variants_are_refused_on_the_toy_with_the_reason(toy_pipe, variant):
+    from pipeline.denoiser import variant_problem
+
+    assert "no attention layers" in variant_problem(toy_pipe.unet, variant)
+    assert variant_problem(toy_pipe.unet, "autoguidance") is None

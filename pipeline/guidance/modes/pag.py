@@ -53,8 +53,8 @@ def stacks(unet: torch.nn.Module, names: tuple[str, ...]) -> dict[str, list[int]
 
 
 @contextlib.contextmanager
-def perturbed(unet: torch.nn.Module, arg: str) -> Iterator[None]:
-    """The UNet with identity self-attention on the layers `arg` names ("mid", "down,up")."""
+def perturbed(unet: torch.nn.Module, arg: str = "mid") -> Iterator[None]:
+    """The UNet with identity self-attention on the layers `arg` names ("mid", "down,up"; bare "pag": "mid")."""
     names = tuple(arg.split(","))
     found = stacks(unet, names)
     if not found:

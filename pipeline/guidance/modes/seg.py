@@ -47,8 +47,9 @@ def variant(params: Params) -> str:
 
 
 @contextlib.contextmanager
-def smoothed(unet: torch.nn.Module, arg: str) -> Iterator[None]:
-    """The UNet with its mid block's self-attention queries blurred by sigma = float(arg)."""
+def smoothed(unet: torch.nn.Module, arg: str = repr(_DEFAULTS["seg_blur_sigma"])) -> Iterator[None]:
+    """The UNet with its mid block's self-attention queries blurred by sigma = float(arg) (bare "seg": diffusers'
+    default sigma)."""
     registry = HookRegistry.check_if_exists_or_initialize(unet)
     try:
         _apply_smoothed_energy_guidance_hook(unet, mid_block_config(unet), float(arg), name=HOOK)
