@@ -25,7 +25,7 @@ from torch import Tensor
 from .conditioning import PromptEmbeds, encode, encode_part
 from .decompose import Decomposition, alpha_bar, decompose, pred_x0, x0_difference
 from .guidance import (  # noqa: F401 (UNCOND: for callers)
-    COND, UNCOND, Mode, Part, StepInfo, combine, guidance_mode, guidance_stats, step_prediction,
+    COND, GUIDANCE_MODES, UNCOND, Mode, Part, StepInfo, combine, guidance_mode, guidance_stats, step_prediction,
 )
 from .denoiser import Conditioning, Denoiser, execution_device, variant_problem
 from .models.toy import is_toy
@@ -331,6 +331,20 @@ def _check_variants(pipe: StableDiffusionXLPipeline, requests: Sequence[Generati
                 if problem:
                     label = guidance_mode(request.settings_at(i).mode).label
                     raise RequestError("mode", f"{label} is not available for this model: {problem}")
+
+
+def unavailable_modes(pipe: StableDiffusionXLPipeline) -> dict[str, str]:
+    """The modes this model cannot run, each with why: those whose guided steps (at their default settings) need a
+    model variant its UNet cannot run. In the toy world, PAG and SEG (no attention layers); else none."""
+    defaults = GenerationRequest(prompt="x")
+    out = {}
+    for name, mode in GUIDANCE_MODES.items():
+        params = mode.params_of(defaults)
+        problems = [variant_problem(pipe.unet, part.variant) for part in mode.parts(2.0, params, 1)]
+        problem = next((p for p in problems if p), None)
+        if problem:
+            out[name] = problem
+    return out
 
 
 def img2img_start(steps: int, strength: float) -> int:

@@ -79,6 +79,23 @@ FIELD_LABELS = {
 }
 
 
+def unavailable_info(unavailable: dict[str, str]) -> str | None:
+    """The Guidance mode control's info line where this model cannot run some modes (PAG and SEG in the toy
+    world), saying which and why; None where it runs them all."""
+    if not unavailable:
+        return None
+    names = " and ".join(mode_label(name) for name in unavailable)
+    reasons = sorted(set(unavailable.values()))
+    return f"⊘ {names}: not available for this model, greyed out: {'; '.join(reasons)}."
+
+
+def unavailable_css(unavailable: dict[str, str]) -> str:
+    """Greys out the Guidance mode choices this model cannot run, and keeps them from being picked (Generate
+    would refuse them anyway, saying why). Gradio's radio options carry their label in `data-testid`."""
+    rules = [f'#ctl-mode label[data-testid="{mode_label(name)}-radio-label"]' for name in unavailable]
+    return (f"{', '.join(rules)} {{ opacity: 0.45; pointer-events: none; text-decoration: line-through; }}")
+
+
 def formula(mode: str) -> str:
     return GUIDANCE_MODES[mode].formula if mode in GUIDANCE_MODES else ""
 

@@ -170,3 +170,20 @@ def test_img2img_says_the_toy_snaps_and_offers_a_data_item(toy_client):
     start = toy_client.predict(256, 256, api_name="/start_item")
     image = Image.open(start["path"] if isinstance(start, dict) else start).convert("RGB")
     assert image.size == (256, 256) and image.getpixel((85, 85)) == (40, 90, 225)  # the big blue square, top left
+
+
+def test_pag_and_seg_are_greyed_out_in_the_toy_with_the_reason(toy_app, toy_client):
+    """Their variant perturbs attention layers, which the toy's exact denoiser has none of: the Guidance mode
+    control says so and greys the two choices out; asked for anyway (API, link), Generate refuses by label."""
+    demo, _ = toy_app
+    mode = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Guidance mode")
+    assert "PAG (perturbed attention) and SEG (smoothed energy)" in mode.info and "no attention layers" in mode.info
+    styles = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "unavailable-modes-style"]
+    assert len(styles) == 1
+    for label in ("PAG (perturbed attention)", "SEG (smoothed energy)"):
+        assert f'label[data-testid="{label}-radio-label"]' in styles[0].head
+    assert "Autoguidance" not in styles[0].head  # the toy's weak model is the blurred-data denoiser
+    job = toy_client.submit(prompt="red circle", mode="pag", steps=2, num_seeds=1, api_name="/generate")
+    with pytest.raises(Exception, match="Guidance mode.*no attention layers"):
+        list(job)
+        raise job.exception()
