@@ -129,7 +129,8 @@ def unguided_steps(request: GenerationRequest) -> dict[int, str]:
     """The steps (1-based, as events count them) that predict no prompt-and-baseline pair, so that no guidance
     vector is measured there, each with why: "zero_init" (the mode's first steps predict 0), "one_prediction"
     (the mode runs one prediction), "interval" (outside the guidance interval), "scale_one" (scale 1: the prompt's
-    prediction alone) or "scale_zero" (scale 0: the baseline's alone)."""
+    prediction alone), "perturbed_only" (scale 1 in PAG, SEG or autoguidance: the prompt's prediction and its
+    perturbed one, no baseline) or "scale_zero" (scale 0: the baseline's alone)."""
     total, why = _steps_taken(request), {}
     for i in range(total):
         settings = request.settings_at(i)
@@ -144,7 +145,8 @@ def unguided_steps(request: GenerationRequest) -> dict[int, str]:
         elif not in_interval(i, total, settings.guidance_interval):
             why[i + 1] = "interval"
         else:
-            why[i + 1] = "scale_one" if COND in parts else "scale_zero"
+            perturbed = any(part.variant for part in parts)
+            why[i + 1] = "perturbed_only" if perturbed else "scale_one" if COND in parts else "scale_zero"
     return why
 
 

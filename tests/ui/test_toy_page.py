@@ -187,3 +187,18 @@ def test_pag_and_seg_are_greyed_out_in_the_toy_with_the_reason(toy_app, toy_clie
     with pytest.raises(Exception, match="Guidance mode.*no attention layers"):
         list(job)
         raise job.exception()
+
+
+def test_an_autoguidance_image_off_the_data_says_why(toy_pipe):
+    """Autoguidance at s = 1 is no extrapolation between ε_u and ε_c, nor too few steps: the note names the weak
+    model's step (preset 13's seeds all end 1.5 latent units off their items)."""
+    from pipeline import GenerationRequest
+    from pipeline.models.toy import landings
+
+    req = GenerationRequest(prompt="red circle", mode="autoguidance", guidance_scale=1.0, steps=30, seeds=(1,),
+                            width=256, height=256, prompt_adherence=0.5)
+    from pipeline import generate
+
+    landed = landings(toy_pipe, list(generate(toy_pipe, req))[-1].pred_x0)
+    note = render.landing_note(landed, req.seeds, req)
+    assert "not a data item" in note and "step away from the weak model" in note and "too few steps" not in note

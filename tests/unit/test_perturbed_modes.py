@@ -142,3 +142,13 @@ def test_whatif_recombines_the_cached_perturbed_pass(toy_pipe):
     cfg_cache = RunCache(toy_pipe, cfg_req)
     list(cfg_cache.consume(generate(toy_pipe, cfg_req, record=True)))
     assert "autoguidance" not in cfg_cache.modes_at(2) and "cfg" in cfg_cache.modes_at(2)
+
+
+def test_at_scale_one_the_plot_says_the_perturbed_pass_replaced_the_baseline():
+    from pipeline.loop import unguided_steps
+
+    assert set(unguided_steps(GenerationRequest(prompt="x", mode="pag", steps=3, guidance_scale=1.0)).values()) == {
+        "perturbed_only"}
+    assert unguided_steps(GenerationRequest(prompt="x", mode="pag", steps=3)) == {}
+    assert set(unguided_steps(GenerationRequest(prompt="x", mode="cfg", steps=3, guidance_scale=1.0)).values()) == {
+        "scale_one"}
