@@ -327,12 +327,13 @@ def _check_variants(pipe: StableDiffusionXLPipeline, requests: Sequence[Generati
     the toy's exact denoiser has none of) is refused before any model call, naming the mode and why."""
     for request in requests:
         total = _steps_taken(request)
-        for i in range(total):
-            for part in _plan(request, i, total).parts:
-                problem = variant_problem(pipe.unet, part.variant)
-                if problem:
-                    label = guidance_mode(request.settings_at(i).mode).label
-                    raise RequestError("mode", f"{label} is not available for this model: {problem}")
+        # each variant once, with the mode of the first step that asks for it
+        variants = {part.variant: i for i in reversed(range(total)) for part in _plan(request, i, total).parts}
+        for variant, i in variants.items():
+            problem = variant_problem(pipe.unet, variant)
+            if problem:
+                label = guidance_mode(request.settings_at(i).mode).label
+                raise RequestError("mode", f"{label} is not available for this model: {problem}")
 
 
 def unavailable_modes(pipe: StableDiffusionXLPipeline) -> dict[str, str]:

@@ -31,9 +31,9 @@ class Part:
 
     `variant` names a model variant for this pass ("" is the plain UNet). It is the declared hook point for
     perturbed-attention guidance (PAG, Ahn et al. 2024, arXiv 2403.17377): a mode asks for
-    `Part(Source.PROMPT, variant="pag")`, and `pipeline.denoiser.Denoiser` runs the passes of each variant as
-    their own UNet call with that variant's attention processors. No mode uses one yet; the denoiser refuses
-    a variant it does not know rather than run the plain UNet in its place.
+    `Part(Source.PROMPT, variant="pag:mid")`, and `pipeline.denoiser.Denoiser` runs the passes of each variant
+    as their own UNet call under that variant (modes/pag.py, seg.py, autoguidance.py register theirs); the
+    denoiser refuses a variant it does not know rather than run the plain UNet in its place.
     """
 
     source: Source

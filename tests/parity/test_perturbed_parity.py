@@ -72,7 +72,8 @@ def test_pag_matches_diffusers_sdxl_pag_pipeline(tiny_pipe, req, scheduler):
 
 def seg_guider(pipe, req: GenerationRequest) -> SmoothedEnergyGuidance:
     return SmoothedEnergyGuidance(guidance_scale=req.guidance_scale, seg_guidance_scale=req.seg_scale,
-                                  seg_blur_sigma=req.seg_blur_sigma, seg_guidance_config=seg.mid_block_config(pipe.unet))
+                                  seg_blur_sigma=req.seg_blur_sigma,
+                                  seg_guidance_config=seg.mid_block_config(pipe.unet))
 
 
 # Not at s = 1: diffusers' guider then runs [cond, cond_seg] and puts its hooks on only where `is_conditional`
@@ -131,7 +132,8 @@ AUTO_CASES = [
 
 def modular_autoguidance_run(modular, pipe, req: GenerationRequest) -> torch.Tensor:
     """diffusers' AutoGuidance runs its weak model on the negative prompt's embeddings: the prompt's here."""
-    guider = AutoGuidance(guidance_scale=1.0 + req.auto_scale, auto_guidance_config=autoguidance.mid_block_skip(pipe.unet))
+    guider = AutoGuidance(guidance_scale=1.0 + req.auto_scale,
+                          auto_guidance_config=autoguidance.mid_block_skip(pipe.unet))
     components = {name: part for name, part in pipe.components.items() if part is not None}
     components["scheduler"] = SCHEDULER_CLASSES[req.scheduler].from_config(pipe.scheduler.config)
     modular.update_components(**components, guider=guider)

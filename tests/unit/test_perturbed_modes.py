@@ -55,8 +55,9 @@ def test_costs_a_third_pass_and_seg_skips_its_first_step_as_diffusers_guider():
 
 
 def test_pag_layers_are_flags():
-    assert guidance_mode("pag").parts(5.0, guidance_mode("pag").params_of(
-        GenerationRequest(prompt="x", mode="pag", pag_layers=(1.0, 0.0, 1.0))))[2] == Part(Source.PROMPT, variant="pag:down,up")
+    pag = guidance_mode("pag")
+    params = pag.params_of(GenerationRequest(prompt="x", mode="pag", pag_layers=(1.0, 0.0, 1.0)))
+    assert pag.parts(5.0, params)[2] == Part(Source.PROMPT, variant="pag:down,up")
     for layers in [(0.5, 1.0, 0.0), (0.0, 0.0, 0.0)]:
         with pytest.raises(RequestError, match="pag_layers"):
             GenerationRequest(prompt="x", mode="pag", pag_layers=layers)

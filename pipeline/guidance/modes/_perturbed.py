@@ -10,11 +10,9 @@ gone and two passes remain (eps_c, eps_p); at s_p = 0 the variant term is gone a
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.attention_processor import Attention
 from torch import Tensor
 
@@ -69,16 +67,3 @@ def no_attention(unet: torch.nn.Module) -> str | None:
     return ("its denoiser has no attention layers to perturb (the toy world's is the exact denoiser of its data, "
             "computed in closed form)")
 
-
-@contextlib.contextmanager
-def hooks_on(targets: Iterable[tuple[torch.nn.Module, ModelHook]], name: str) -> Iterator[None]:
-    """Register each (module, hook) under `name` with diffusers' HookRegistry, and remove them all on exit."""
-    done = []
-    try:
-        for module, hook in targets:
-            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
-            done.append(module)
-        yield
-    finally:
-        for module in done:
-            HookRegistry.check_if_exists_or_initialize(module).remove_hook(name, recurse=False)
