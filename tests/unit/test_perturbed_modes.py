@@ -153,3 +153,34 @@ def test_at_scale_one_the_plot_says_the_perturbed_pass_replaced_the_baseline():
     assert unguided_steps(GenerationRequest(prompt="x", mode="pag", steps=3)) == {}
     assert set(unguided_steps(GenerationRequest(prompt="x", mode="cfg", steps=3, guidance_scale=1.0)).values()) == {
         "scale_one"}
+
+
+def test_the_variants_on_sdxls_block_layout():
+    """SDXL's UNet layout (transformer depths 1, 2, 10; its block names), narrowed so it builds in a second: PAG's
+    "mid" picks the mid block's 10 self-attention layers, SEG and the weak model take all 10 of its blocks, and
+    each variant changes the prediction and leaves the UNet as it was."""
+    from diffusers import UNet2DConditionModel
+
+    from bench.common import SDXL_UNET_CONFIG
+    from pipeline.denoiser import enter_variant
+    from pipeline.guidance.modes.autoguidance import mid_block_skip
+    from pipeline.guidance.modes.pag import stacks
+    from pipeline.guidance.modes.seg import mid_block_config
+
+    config = {**SDXL_UNET_CONFIG, "block_out_channels": (32, 64, 64), "attention_head_dim": (2, 2, 2),
+              "cross_attention_dim": 32, "norm_num_groups": 8, "addition_time_embed_dim": 4,
+              "projection_class_embeddings_input_dim": 6 * 4 + 8, "sample_size": 8}
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**config).eval()
+    assert stacks(unet, ("mid",)) == {"mid_block.attentions.0.transformer_blocks": list(range(10))}
+    assert mid_block_skip(unet).indices == mid_block_config(unet).indices == list(range(10))
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(1, 4, 8, 8, generator=g), torch.tensor(500))
+    kwargs = dict(encoder_hidden_states=torch.randn(1, 77, 32, generator=g),
+                  added_cond_kwargs={"text_embeds": torch.randn(1, 8, generator=g), "time_ids": torch.ones(1, 6)})
+    with torch.no_grad():
+        plain = unet(*args, **kwargs).sample
+        for variant in ("pag:mid", "seg:9999999.0", "seg:2.0", "autoguidance"):
+            with enter_variant(unet, variant):
+                assert (unet(*args, **kwargs).sample - plain).abs().max() > 1e-4, variant
+        torch.testing.assert_close(unet(*args, **kwargs).sample, plain, atol=0, rtol=0)
