@@ -16,11 +16,15 @@ Designed for the next two issues:
   arguments are tensors and a string, so a `RemoteDenoiser` with the same call can send them to a Ray Serve
   deployment holding the UNet (and its own `MicroBatcher`), and return the prediction. Nothing else in the
   loop touches the UNet; text encoding and the VAE stay with the caller.
-- **Model variants (PAG, Ahn et al. 2024, arXiv 2403.17377).** A mode asks for a pass with
-  `Part(source, variant="pag")`. The loop groups rows by variant and calls the denoiser once per group; the
-  denoiser enters `VARIANTS[variant](unet)`, a context manager that swaps the attention processors of the
-  chosen layers for the perturbed ones (diffusers' `PAGIdentitySelfAttnProcessor2_0`) and restores them after.
-  No variant is registered yet: asking for one is refused, never silently run on the plain UNet.
+- **Model variants (PAG, Ahn et al. 2024, arXiv 2403.17377; SEG; autoguidance).** A mode asks for a pass with
+  `Part(source, variant="pag:mid")`. The loop groups rows by variant and calls the denoiser once per group (its
+  own micro-batching, so a variant pass costs one more pass of the batch, no more); the denoiser enters
+  `VARIANTS[name](unet, arg)`, a context manager that puts diffusers' hooks on the chosen layers (or, in the toy
+  world, blurs the data the exact denoiser knows) and takes them off after. A variant's name is its family and,
+  after ":", what the family reads (PAG's layers, SEG's blur sigma). Each mode file registers its family
+  (pipeline/guidance/modes/pag.py, seg.py, autoguidance.py). A name not registered is refused, never silently run
+  on the plain UNet; a UNet a variant cannot perturb (the toy's has no attention layers) is named by
+  `variant_problem` before any model call.
 """
 
 from __future__ import annotations
@@ -34,8 +38,35 @@ from torch import Tensor
 
 from .memory import MicroBatcher
 
-# variant name -> context manager factory over the UNet; "" (the plain UNet) is always there. See the docstring.
-VARIANTS: dict[str, Callable[[torch.nn.Module], ContextManager]] = {"": lambda unet: contextlib.nullcontext()}
+# variant family -> context manager factory over the UNet, called as factory(unet) for a bare name and
+# factory(unet, arg) for "name:arg"; "" (the plain UNet) is always there. See the docstring.
+VARIANTS: dict[str, Callable[..., ContextManager]] = {"": lambda unet: contextlib.nullcontext()}
+# variant family -> why a UNet cannot run it (None: it can). A family not listed runs on any UNet.
+VARIANT_LIMITS: dict[str, Callable[[torch.nn.Module], str | None]] = {}
+
+
+def split_variant(variant: str) -> tuple[str, str]:
+    """"pag:mid" -> ("pag", "mid"); "seg" -> ("seg", "")."""
+    name, _, arg = variant.partition(":")
+    return name, arg
+
+
+def variant_problem(unet: torch.nn.Module, variant: str) -> str | None:
+    """Why `unet` cannot run `variant` (unknown, or a model it cannot perturb); None where it can."""
+    name, _ = split_variant(variant)
+    if name not in VARIANTS:
+        return f"the denoiser knows the variants {sorted(VARIANTS)}, not {name!r}"
+    limit = VARIANT_LIMITS.get(name)
+    return None if limit is None else limit(unet)
+
+
+def enter_variant(unet: torch.nn.Module, variant: str) -> ContextManager:
+    """The context in which `unet` runs as `variant` (refused where `variant_problem` names a problem)."""
+    problem = variant_problem(unet, variant)
+    if problem:
+        raise ValueError(f"variant: {problem}")
+    name, arg = split_variant(variant)
+    return VARIANTS[name](unet, arg) if arg else VARIANTS[name](unet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +107,7 @@ class Denoiser:
     def __call__(self, model_input: Tensor, t: Tensor, conditioning: Conditioning, variant: str = "") -> Tensor:
         """The model's prediction for each row, (B, 4, H/f, W/f), from the scaled model input (B, 4, H/f, W/f) at
         timestep `t`, 0-d or (B,)."""
-        if variant not in VARIANTS:
-            raise ValueError(f"variant: the denoiser knows {sorted(VARIANTS)}, got {variant!r}")
+        context = enter_variant(self.unet, variant)  # refused before any model call
 
         def rows(r: slice) -> Tensor:
             c = conditioning.rows(r)
@@ -88,6 +118,6 @@ class Denoiser:
                              added_cond_kwargs={"text_embeds": c.text_embeds, "time_ids": c.time_ids},
                              return_dict=False, **extra)[0]
 
-        with VARIANTS[variant](self.unet):
+        with context:
             noise, self.chunks = self.micro_batches(rows, len(model_input))
         return noise

@@ -25,9 +25,9 @@ from torch import Tensor
 from .conditioning import PromptEmbeds, encode, encode_part
 from .decompose import Decomposition, alpha_bar, decompose, pred_x0, x0_difference
 from .guidance import (  # noqa: F401 (UNCOND: for callers)
-    COND, UNCOND, Mode, Part, StepInfo, combine, guidance_mode, guidance_stats, step_prediction,
+    COND, GUIDANCE_MODES, UNCOND, Mode, Part, StepInfo, combine, guidance_mode, guidance_stats, step_prediction,
 )
-from .denoiser import Conditioning, Denoiser, execution_device
+from .denoiser import Conditioning, Denoiser, execution_device, variant_problem
 from .models.toy import is_toy
 from .previews import encode_image, final_images
 from .request import GenerationRequest, RequestError
@@ -107,12 +107,12 @@ def _plan(request: GenerationRequest, i: int, total: int) -> StepPlan:
     if i < mode.zero_steps(params):
         return StepPlan((), 0.0, i)  # the prediction is 0, and no UNet pass is needed for it
     if not mode.guided:
-        return StepPlan(mode.needs(1.0, params), 1.0, i)
+        return StepPlan(mode.parts(1.0, params, i), 1.0, i)
     if not in_interval(i, total, request.guidance_interval):
         return StepPlan((COND,), 1.0, i)  # outside the interval: no guidance, the conditional prediction alone
     p = progress(i, total)
     scale = scheduled_scale(request.guidance_schedule, request.guidance_scale, p, request.guidance_cutoff)
-    return StepPlan(mode.needs(scale, params), scale, i)
+    return StepPlan(mode.parts(scale, params, i), scale, i)
 
 
 def plan_passes(request: GenerationRequest) -> list[int]:
@@ -129,7 +129,8 @@ def unguided_steps(request: GenerationRequest) -> dict[int, str]:
     """The steps (1-based, as events count them) that predict no prompt-and-baseline pair, so that no guidance
     vector is measured there, each with why: "zero_init" (the mode's first steps predict 0), "one_prediction"
     (the mode runs one prediction), "interval" (outside the guidance interval), "scale_one" (scale 1: the prompt's
-    prediction alone) or "scale_zero" (scale 0: the baseline's alone)."""
+    prediction alone), "perturbed_only" (scale 1 in PAG, SEG or autoguidance: the prompt's prediction and its
+    perturbed one, no baseline) or "scale_zero" (scale 0: the baseline's alone)."""
     total, why = _steps_taken(request), {}
     for i in range(total):
         settings = request.settings_at(i)
@@ -144,7 +145,8 @@ def unguided_steps(request: GenerationRequest) -> dict[int, str]:
         elif not in_interval(i, total, settings.guidance_interval):
             why[i + 1] = "interval"
         else:
-            why[i + 1] = "scale_one" if COND in parts else "scale_zero"
+            perturbed = any(part.variant for part in parts)
+            why[i + 1] = "perturbed_only" if perturbed else "scale_one" if COND in parts else "scale_zero"
     return why
 
 
@@ -210,7 +212,7 @@ class _LaneStep:
 
 class _UNetBatch:
     """Every lane's predictions for a step, assembled into one batch for the `Denoiser` (one call per model
-    variant; today every pass uses the plain UNet, so one call).
+    variant: the plain UNet's passes, then each variant's, e.g. PAG's perturbed pass).
 
     The stacked conditioning of each distinct set of plans is built once and reused: a run has few. `chunks`
     says how many UNet calls the last step took (micro-batching, in the denoiser).
@@ -318,6 +320,34 @@ def _check_adherence(pipe: StableDiffusionXLPipeline, requests: Sequence[Generat
                 raise RequestError("prompt_adherence", "only the toy world's model has it (how well it learned its "
                                                        f"prompts); leave it unset for this model, got "
                                                        f"{request.prompt_adherence!r}")
+
+
+def _check_variants(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest]) -> None:
+    """A mode whose passes need a model variant this UNet cannot run (PAG and SEG perturb attention layers, which
+    the toy's exact denoiser has none of) is refused before any model call, naming the mode and why."""
+    for request in requests:
+        total = _steps_taken(request)
+        # each variant once, with the mode of the first step that asks for it
+        variants = {part.variant: i for i in reversed(range(total)) for part in _plan(request, i, total).parts}
+        for variant, i in variants.items():
+            problem = variant_problem(pipe.unet, variant)
+            if problem:
+                label = guidance_mode(request.settings_at(i).mode).label
+                raise RequestError("mode", f"{label} is not available for this model: {problem}")
+
+
+def unavailable_modes(pipe: StableDiffusionXLPipeline) -> dict[str, str]:
+    """The modes this model cannot run, each with why: those whose guided steps (at their default settings) need a
+    model variant its UNet cannot run. In the toy world, PAG and SEG (no attention layers); else none."""
+    defaults = GenerationRequest(prompt="x")
+    out = {}
+    for name, mode in GUIDANCE_MODES.items():
+        params = mode.params_of(defaults)
+        problems = [variant_problem(pipe.unet, part.variant) for part in mode.parts(2.0, params, 1)]
+        problem = next((p for p in problems if p), None)
+        if problem:
+            out[name] = problem
+    return out
 
 
 def img2img_start(steps: int, strength: float) -> int:
@@ -449,6 +479,7 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
     _check_batchable(requests)
     _check_latents_shape(pipe, requests)  # before any model call
     _check_adherence(pipe, requests)
+    _check_variants(pipe, requests)
     first = requests[0]
     scheduler, timesteps = _timesteps(pipe, first)
     total = len(timesteps)

@@ -79,6 +79,23 @@ FIELD_LABELS = {
 }
 
 
+def unavailable_info(unavailable: dict[str, str]) -> str | None:
+    """The Guidance mode control's info line where this model cannot run some modes (PAG and SEG in the toy
+    world), saying which and why; None where it runs them all."""
+    if not unavailable:
+        return None
+    names = " and ".join(mode_label(name) for name in unavailable)
+    reasons = sorted(set(unavailable.values()))
+    return f"⊘ {names}: not available for this model, greyed out: {'; '.join(reasons)}."
+
+
+def unavailable_css(unavailable: dict[str, str]) -> str:
+    """Greys out the Guidance mode choices this model cannot run, and keeps them from being picked (Generate
+    would refuse them anyway, saying why). Gradio's radio options carry their label in `data-testid`."""
+    rules = [f'#ctl-mode label[data-testid="{mode_label(name)}-radio-label"]' for name in unavailable]
+    return (f"{', '.join(rules)} {{ opacity: 0.45; pointer-events: none; text-decoration: line-through; }}")
+
+
 def formula(mode: str) -> str:
     return GUIDANCE_MODES[mode].formula if mode in GUIDANCE_MODES else ""
 
@@ -248,6 +265,12 @@ def _off_data_reason(request) -> str:
 
     if request.init_image is not None and img2img_start(request.steps, request.strength) >= request.steps:
         return "strength 0 denoises nothing, so this is the start image itself"
+    if request.mode == "autoguidance":
+        # At the last, nearly clean steps the blurred-data denoiser takes the sample's leftover noise for part of
+        # the picture (within its blur) while the exact one removes it: their difference is that noise, reversed.
+        return ("autoguidance's step away from the weak model: near the end the blurred-data denoiser keeps the "
+                "sample's leftover noise as part of the picture, the exact one removes it, and "
+                "x̂₀ + s_a (x̂_c − x̂_weak) pushes that difference further, off the item")
     if GUIDANCE_MODES[request.mode].guided and request.guidance_scale not in (0.0, 1.0):
         return ("guidance extrapolated past the data: where its two predictions pick different items, "
                 "x̂₀ = x̂_u + s (x̂_c − x̂_u) lands beyond both, so shapes fuse and colours saturate")

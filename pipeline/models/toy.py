@@ -27,9 +27,11 @@ place). An item matches when, for every attribute the prompt names, the item has
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +77,10 @@ WORD_THRESHOLD = 0.5  # a word's unit is 1 where the word is and 0 elsewhere
 # How well the toy model learned its prompts (`item_prior`): at 0.5, conditional-only sampling follows the
 # prompt on about half the seeds and CFG at 3 on most (measured in tests/unit/test_adherence.py).
 DEFAULT_ADHERENCE = 0.5
+
+# Autoguidance's weak model in the toy world (`ToyUNet.blurred`): the data blurred by this width (UNet latent
+# units), each item's variance raised by its square. Measured in presets/13-autoguidance.toml's note.
+WEAK_WIDTH = 0.5
 
 # The VAE's colour map: rgb = latent @ LATENT_RGB_FACTORS (UNet latents, pixel values in [-1, 1]). Its columns
 # are three columns of the orthogonal 4x4 Hadamard matrix / 2, so the encoder is its transpose, each latent
@@ -269,6 +275,11 @@ def ideal_epsilon(x_t: Tensor, items: Tensor, allowed: Tensor, alpha_bar: Tensor
     return (x_t - sqrt_a * x0_hat) / (1 - a).sqrt()
 
 
+# id(ToyUNet) -> the blur its weak model adds, per thread: a run's variant pass on one thread never blurs another
+# thread's run of the same UNet (the Distribution lab and Explore share the model).
+_BLUR = threading.local()
+
+
 class ToyUNet(ModelMixin, ConfigMixin):
     """Called exactly as diffusers calls `UNet2DConditionModel`; returns the ideal denoiser's epsilon.
 
@@ -304,6 +315,31 @@ class ToyUNet(ModelMixin, ConfigMixin):
         # Not a buffer: `pipe.to(dtype=float16)` must not round it. Moved to the sample's device as needed.
         self.alphas_cumprod = train.alphas_cumprod  # float32 (1000,), as diffusers keeps it
         self._items: dict[tuple, Tensor] = {}
+
+    @contextlib.contextmanager
+    def blurred(self, width: float = WEAK_WIDTH):
+        """Within it (this thread only) the UNet is the exact denoiser of the *blurred* data: each item's Gaussian
+        widened, its variance raised by width^2, so the mixture's width is sqrt(mixture_width^2 + width^2) and
+        the closed form (`ideal_epsilon`) still holds. That is autoguidance's weak model in the toy world: the
+        same data and prompts, learned worse, as a smaller or less trained network learns it (Karras et al.
+        2024, arXiv 2406.02507, section 3: a weaker model whose errors resemble the main model's, only larger)."""
+        if not width >= 0:
+            raise ValueError(f"width: must be 0 or more, got {width}")
+        blurs = _BLUR.__dict__.setdefault("widths", {})
+        before = blurs.get(id(self))
+        blurs[id(self)] = width
+        try:
+            yield self
+        finally:
+            if before is None:
+                del blurs[id(self)]
+            else:
+                blurs[id(self)] = before
+
+    @property
+    def width(self) -> float:
+        """The mixture width this thread's calls use: the config's, widened by a `blurred` context."""
+        return math.hypot(self.config.mixture_width, _BLUR.__dict__.get("widths", {}).get(id(self), 0.0))
 
     @staticmethod
     def compute_dtype(device: torch.device) -> torch.dtype:
@@ -354,7 +390,7 @@ class ToyUNet(ModelMixin, ConfigMixin):
         adherence = (cross_attention_kwargs or {}).get("prompt_adherence", self.config.prompt_adherence)
         prior = None if _is_one(adherence) else item_prior(allowed, check_adherence(adherence))
         eps = ideal_epsilon(sample.to(dtype).flatten(1), self.items(height, width, sample.device), allowed,
-                            self.alpha_bar(t), self.config.mixture_width, prior)
+                            self.alpha_bar(t), self.width, prior)
         eps = eps.view_as(sample).to(sample.dtype)
         return UNet2DConditionOutput(sample=eps) if return_dict else (eps,)
 

@@ -13,7 +13,7 @@ import re
 import pytest
 
 from pipeline import GenerationRequest, generate
-from pipeline.models.toy import DEFAULT_ADHERENCE, WORDS, Item, landings, nearest_items
+from pipeline.models.toy import DEFAULT_ADHERENCE, WEAK_WIDTH, WORDS, Item, landings, nearest_items
 from pipeline.presets import load_presets
 
 PRESETS = {p.path.stem: p for p in load_presets()}
@@ -146,6 +146,28 @@ def claims_fdg(pipe, r, note):
     assert {(i.colour, i.shape) for i in coarse} == {("red", "circle")} and sizes(coarse) == CFG_RED_CIRCLES
 
 
+def claims_autoguidance(pipe, r, note):
+    says(note, 'the weak model is the exact denoiser of the data blurred by 0.5',
+         'On seeds 1 to 8, "red circle" lands every seed nearest the same data item as Conditional only: red '
+         'circles on seeds 1, 3, 5 and 6, a yellow triangle, two blue triangles and a green square on the others, '
+         'four big and four small', 'Switch to Standard CFG at 7.5, same seeds: eight red circles, six of them big',
+         "every seed's x̂₀ lies 1.5 latent units from its item, beyond the 0.84 within which it would count as one")
+    assert (r.mode, r.guidance_scale, r.auto_scale, r.seeds) == ("autoguidance", 1.0, 1.0, tuple(range(1, 9)))
+    assert WEAK_WIDTH == 0.5
+    request = dataclasses.replace(r, prompt_adherence=DEFAULT_ADHERENCE)
+    spots = landings(pipe, list(generate(pipe, request))[-1].pred_x0)
+    cond = land(pipe, r, mode="cond_only")
+    assert [s.item for s in spots] == cond
+    assert [seed for seed, i in zip(r.seeds, cond) if (i.colour, i.shape) == ("red", "circle")] == [1, 3, 5, 6]
+    assert sorted(f"{i.colour} {i.shape}" for i in cond if (i.colour, i.shape) != ("red", "circle")) == [
+        "blue triangle", "blue triangle", "green square", "yellow triangle"]
+    assert sorted(sizes(cond)) == ["big"] * 4 + ["small"] * 4
+    cfg = land(pipe, r, mode="cfg", guidance_scale=7.5)
+    assert {(i.colour, i.shape) for i in cfg} == {("red", "circle")} and sizes(cfg).count("big") == 6
+    assert all(1.45 < s.distance < 1.55 and not s.on_data for s in spots)  # "1.5"
+    assert round(spots[0].bound, 2) == 0.84
+
+
 CLAIMS = {
     "01-standard-cfg": claims_standard_cfg,
     "02-reversed-guidance": claims_reversed,
@@ -157,6 +179,7 @@ CLAIMS = {
     "08-tangential-cfg": claims_tangential_cfg,
     "09-cfg-pp": claims_cfg_pp,
     "10-fdg": claims_fdg,
+    "13-autoguidance": claims_autoguidance,
 }
 
 
