@@ -11,6 +11,7 @@ from pipeline.metadata import save_png
 from pipeline.presets import load_presets
 from ui import Handlers
 from ui.controls import CONTROL_NAMES
+from ui.fields import refused
 from ui.explore import GROUP_TITLES, PAGE_DEFAULTS, REQUEST_DEFAULTS, Explore
 from ui.invert_tab import NOISE_TARGETS, Inversions
 from ui.streaming import History
@@ -97,6 +98,28 @@ def test_a_refused_value_marks_its_control_and_says_nothing_ran(explore):
     status, style, *groups = explore.explain_invalid(refusal.value.message, refusal.value.label)
     assert status.startswith("**Nothing ran:** Width") and "#ctl-width" in style
     assert opened(groups) == {GROUP_TITLES["size"]}
+
+
+def test_generates_check_marks_a_refusal_in_its_own_response(explore):
+    """Issue 20: Generate's check yields the status, the mark and the groups to open, then raises the refusal
+    (the event fails, so the run does not start): the page needs no second event to learn which control it was.
+    A refusal of an input's own check reaches it in place of the inputs (`NamedErrorBlocks.preprocess_data`)."""
+    values = [page_values(width=100)[name] for name in CONTROL_NAMES]
+    answer = explore.check_and_mark(*values)
+    status, style, *groups = next(answer)
+    assert status.startswith("**Nothing ran:** Width") and "#ctl-width" in style
+    assert opened(groups) == {GROUP_TITLES["size"]}
+    with pytest.raises(gr.Error, match="Width: must be a multiple of 8"):
+        next(answer)
+    seed = refused("is required", label="Seed")
+    answer = explore.check_and_mark(*[seed] * len(CONTROL_NAMES), init_image=seed, start_latents=seed, fork_path=seed)
+    status, style, *_ = next(answer)
+    assert status.startswith("**Nothing ran:** Seed: is required") and "#ctl-seed" in style
+    with pytest.raises(gr.Error, match="Seed: is required"):
+        next(answer)
+    valid = [page_values(preview="linear")[name] for name in CONTROL_NAMES]
+    status, style, *groups = list(explore.check_and_mark(*valid))[0]
+    assert style == "" and status == gr.skip() and opened(groups) == set()  # a valid run unmarks, then runs
 
 
 def test_cfg_pp_names_its_scale_lambda_and_says_7_5_is_refused(explore):

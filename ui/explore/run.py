@@ -21,7 +21,7 @@ from pipeline.uploads import load_image
 
 from .. import render
 from ..controls import BY_LABEL, CONTROL_NAMES, read, request_from_settings
-from ..fields import REFUSALS, gr_error
+from ..fields import Refused, answers_refusals, gr_error, refusal_in
 from ..handlers import gpu, request_gpu_seconds, takes_controls
 from ..streaming import Run
 from .defaults import CONTROL_GROUPS, GROUP_TITLES
@@ -98,11 +98,24 @@ class RunRoom:
         except ValueError as exc:
             raise gr_error(exc) from exc
 
-    def explain_refused(self, request: gr.Request) -> tuple:
-        """`explain_invalid` for the session's newest refused value, as the server kept it (`ui.fields.REFUSALS`):
-        the error itself, which carries the label of the control it names."""
-        error = REFUSALS.take(getattr(request, "session_hash", None))
-        return self.explain_invalid(error.message if error else "", getattr(error, "label", None))
+    @answers_refusals
+    def check_and_mark(self, *values: Any, init_image=None, start_latents=None,
+                       fork_path=None) -> Iterator[tuple]:
+        """Generate's first event, in one response: `check_run`, then (status, mark, groups) as
+        `explain_invalid` says them. A refusal (one of the inputs' own, received in their place, or the
+        request's) is yielded and then raised, so that the event fails (Generate's run does not start, the page
+        shows the message) with its control already marked: no second event asks the server which one it was."""
+        refusal = refusal_in(*values, init_image, start_latents, fork_path)
+        if refusal is None:
+            try:
+                self.check_run(*values, init_image=init_image, start_latents=start_latents, fork_path=fork_path)
+            except Refused as exc:
+                refusal = exc
+        if refusal is None:
+            yield (gr.skip(), "", *(gr.skip() for _ in GROUP_TITLES))  # unmark what the last refusal marked
+            return
+        yield self.explain_invalid(refusal.message, refusal.label)
+        raise refusal
 
     def explain_invalid(self, message: str | None, label: str | None = None) -> tuple:
         """After a refused run: the status says nothing ran and why; the control labelled `label` is marked, its

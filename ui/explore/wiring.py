@@ -25,7 +25,7 @@ def wire_explore(demo: gr.Blocks, explore: Explore, view: ExploreView, start_lat
     """The Explore tab's events; `view` comes from `build_explore_tab`."""
     check, generated = _wire_run(explore, view, start_latents)
     _wire_whatif(WhatIfPanel(explore), view, check, generated)
-    _wire_refused_and_stop(explore, view, check)
+    _wire_stop(explore, view)
     _wire_revisit(explore, view)
     _wire_descriptions(demo, explore, view)
     _wire_start_image(explore, view, start_latents)
@@ -38,18 +38,17 @@ def _wire_run(explore: Explore, view: ExploreView, start_latents: gr.State) -> t
     # The page checks the controls first, in an event with no outputs: a refused value raises there, so the
     # last run's images, slider and plot stay as they were instead of turning into error badges. Queued: an
     # event run outside the queue answers an error with HTTP 500, which the browser logs as a failed request.
-    check = view.generate.click(explore.bound("check_run"), inputs=run_inputs, api_visibility="private",
-                                show_progress="hidden")
-    check.success(lambda: "", outputs=view.invalid_style, **QUIET)
+    # A refusal is said and its control marked in the check's own response (`check_and_mark`).
+    check = view.generate.click(explore.bound("check_and_mark"), inputs=run_inputs,
+                                outputs=[view.status, view.invalid_style, *view.groups.ordered()],
+                                api_visibility="private", show_progress="hidden")
     generated = check.success(explore.bound("generate"), inputs=run_inputs, outputs=view.run_outputs(),
                               api_name="generate", concurrency_id="gpu")
     return check, generated
 
 
-def _wire_refused_and_stop(explore: Explore, view: ExploreView, check) -> None:
-    """A refused value said in the status and its control marked; Stop."""
-    check.failure(explore.explain_refused, outputs=[view.status, view.invalid_style, *view.groups.ordered()],
-                  **QUIET)
+def _wire_stop(explore: Explore, view: ExploreView) -> None:
+    """Stop."""
     # Stop ends the run server-side; the run's own stream then says where it stopped (see RunRoom.stop).
     view.stop.click(explore.stop, inputs=view.run_id, api_name="stop", queue=False)
 
