@@ -198,6 +198,9 @@ class Mode:
     step_rule: StepRule | None = None  # None: the scheduler steps with the guided prediction, as for CFG
     takes_step: bool = False  # True: `combine` also gets the step index (`CombineAtStep`)
     scale: Scale | None = None  # None: the guidance scale is CFG's s
+    # Request fields that other modes read and this one does not, each with why: the page greys the control and
+    # says the reason in place of its info line (FDG's per-level scales replace the guidance scale).
+    unused: tuple[tuple[str, str], ...] = ()
 
     @property
     def fields(self) -> tuple[str, ...]:

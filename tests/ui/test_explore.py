@@ -86,6 +86,16 @@ def test_controls_a_mode_ignores_are_marked(explore):
     assert explore.describe_guidance_schedule("cutoff")["visible"] is True
 
 
+def test_fdg_greys_the_guidance_scale_it_ignores(explore):
+    """Issue 20: FDG's per-level scales replace s, so the Guidance scale slider is greyed with the reason, from the
+    mode's table entry (`Mode.unused`), as for the modes that never read it; CFG's is live."""
+    fdg = explore.describe_scale("fdg", 7.5)
+    assert fdg["interactive"] is False
+    assert fdg["info"] == "⊘ Not used by FDG (frequency-decoupled): its scales per level (FDG scales) replace it."
+    assert explore.describe_scale("cfg", 7.5)["interactive"] is True
+    assert not explore.describe_scale("cond_only", 7.5)["interactive"]
+
+
 def test_decomposition_seed_follows_seed(explore):
     assert explore.follow_seed(50, 2, 1) == 50
     assert explore.follow_seed(50, 2, 51) == gr.skip()
@@ -156,3 +166,11 @@ def test_cfg_pp_schedule_plot_is_the_equivalent_cfg_scale(explore, tiny_pipe, sc
     plot, line = explore.describe_schedule(*[page_values(steps=12)[name] for name in CONTROL_NAMES])
     assert list(plot["guidance scale"]) == [7.5] * 12
     assert "ω_t" not in line
+
+
+def test_the_schedule_plot_is_titled_by_what_it_draws(explore):
+    """Issue 20: for CFG++ the plot draws the equivalent CFG scale ω_t, and its title says so (it said "Guidance
+    scale per step"); a λ that Generate would refuse leaves the value out, and CFG's title is s again."""
+    assert explore.describe_scale_plot("cfg_pp", 0.6)["label"] == "Equivalent CFG scale ω_t per step, for λ = 0.6"
+    assert explore.describe_scale_plot("cfg_pp", 7.5)["label"] == "Equivalent CFG scale ω_t per step, for λ"
+    assert explore.describe_scale_plot("cfg", 7.5)["label"] == "Guidance scale per step"

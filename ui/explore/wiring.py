@@ -99,6 +99,8 @@ def _wire_descriptions(demo: gr.Blocks, explore: Explore, view: ExploreView) -> 
     gr.on([c["mode"].change, c["guidance_scale"].change], explore.describe_scale,
           inputs=[c["mode"], c["guidance_scale"]], outputs=c["guidance_scale"], api_name="describe_scale",
           show_progress="hidden")
+    gr.on([c["mode"].change, c["guidance_scale"].change], explore.describe_scale_plot,
+          inputs=[c["mode"], c["guidance_scale"]], outputs=view.scale_plot, **QUIET)
     c["guidance_schedule"].change(explore.describe_guidance_schedule, inputs=c["guidance_schedule"],
                                   outputs=c["guidance_cutoff"], api_name="describe_guidance_schedule")
     c["decompose"].change(lambda on: (gr.update(visible=on), gr.update(visible=on)), inputs=c["decompose"],
