@@ -159,4 +159,5 @@ def test_a_refusal_marks_its_control_in_generates_own_response(page, label, valu
         && getComputedStyle(e).outlineStyle === 'solid').map(e => e.id)""", name)
     assert others == [], others
     assert page.locator(".toast-message-text").filter(has_text=said).count() >= 1
+    assert page.locator("#status .error, #invalid-style .error").count() == 0  # no output left in an error state
     screenshot(page, f"refusals-5-one-call-{name}.png")

@@ -111,25 +111,23 @@ def test_a_refused_value_marks_its_control_and_says_nothing_ran(explore):
 
 
 def test_generates_check_marks_a_refusal_in_its_own_response(explore):
-    """Issue 20: Generate's check yields the status, the mark and the groups to open, then raises the refusal
-    (the event fails, so the run does not start): the page needs no second event to learn which control it was.
-    A refusal of an input's own check reaches it in place of the inputs (`NamedErrorBlocks.preprocess_data`)."""
+    """Issue 20: Generate's check answers a refusal in its own response (the status, the mark, the groups to open,
+    and no new run token, so nothing runs): the page needs no second event to learn which control it was. A
+    refusal of an input's own check reaches it in place of the inputs (`NamedErrorBlocks.preprocess_data`)."""
     values = [page_values(width=100)[name] for name in CONTROL_NAMES]
-    answer = explore.check_and_mark(*values)
-    status, style, *groups = next(answer)
-    assert status.startswith("**Nothing ran:** Width") and "#ctl-width" in style
-    assert opened(groups) == {GROUP_TITLES["size"]}
-    with pytest.raises(gr.Error, match="Width: must be a multiple of 8"):
-        next(answer)
+    with pytest.warns(UserWarning, match="Width: must be a multiple of 8"):  # gr.Warning, outside a page's request
+        status, style, *groups, token = explore.check_and_mark(*values)
+    assert status.startswith("**Nothing ran:** Width: must be a multiple of 8") and "#ctl-width" in style
+    assert opened(groups) == {GROUP_TITLES["size"]} and token == gr.skip()
     seed = refused("is required", label="Seed")
-    answer = explore.check_and_mark(*[seed] * len(CONTROL_NAMES), init_image=seed, start_latents=seed, fork_path=seed)
-    status, style, *_ = next(answer)
-    assert status.startswith("**Nothing ran:** Seed: is required") and "#ctl-seed" in style
-    with pytest.raises(gr.Error, match="Seed: is required"):
-        next(answer)
+    with pytest.warns(UserWarning, match="Seed: is required"):
+        status, style, *_, token = explore.check_and_mark(*[seed] * len(CONTROL_NAMES), init_image=seed,
+                                                          start_latents=seed, fork_path=seed)
+    assert status.startswith("**Nothing ran:** Seed: is required") and "#ctl-seed" in style and token == gr.skip()
     valid = [page_values(preview="linear")[name] for name in CONTROL_NAMES]
-    status, style, *groups = list(explore.check_and_mark(*valid))[0]
-    assert style == "" and status == gr.skip() and opened(groups) == set()  # a valid run unmarks, then runs
+    status, style, *groups, token = explore.check_and_mark(*valid)
+    assert style == "" and status == gr.skip() and opened(groups) == set()  # a valid run unmarks, then runs:
+    assert token != explore.check_and_mark(*valid)[-1]  # a new token each time, whose change starts it
 
 
 def test_cfg_pp_names_its_scale_lambda_and_says_7_5_is_refused(explore):

@@ -99,12 +99,14 @@ class RunRoom:
             raise gr_error(exc) from exc
 
     @answers_refusals
-    def check_and_mark(self, *values: Any, init_image=None, start_latents=None,
-                       fork_path=None) -> Iterator[tuple]:
-        """Generate's first event, in one response: `check_run`, then (status, mark, groups) as
-        `explain_invalid` says them. A refusal (one of the inputs' own, received in their place, or the
-        request's) is yielded and then raised, so that the event fails (Generate's run does not start, the page
-        shows the message) with its control already marked: no second event asks the server which one it was."""
+    def check_and_mark(self, *values: Any, init_image=None, start_latents=None, fork_path=None) -> tuple:
+        """Generate's first event, answered in one response: (status, mark, groups to open, run token).
+
+        Valid controls: the last mark cleared and a new run token, whose change starts the run
+        (`wiring._wire_run`). A refusal (one of the inputs' own, which reaches this in their place, or the
+        request's): the status says nothing ran and why, its control is marked and its group opened, a message
+        says it too, and the token stays, so nothing runs. The event itself succeeds: a failed one would put its
+        outputs, the status among them, in an error state; and no second event asks which control it was."""
         refusal = refusal_in(*values, init_image, start_latents, fork_path)
         if refusal is None:
             try:
@@ -112,10 +114,10 @@ class RunRoom:
             except Refused as exc:
                 refusal = exc
         if refusal is None:
-            yield (gr.skip(), "", *(gr.skip() for _ in GROUP_TITLES))  # unmark what the last refusal marked
-            return
-        yield self.explain_invalid(refusal.message, refusal.label)
-        raise refusal
+            return (gr.skip(), "", *(gr.skip() for _ in GROUP_TITLES), uuid.uuid4().hex)
+        logger.info("refused: %s", refusal.message)
+        gr.Warning(refusal.message, title=refusal.title)
+        return (*self.explain_invalid(refusal.message, refusal.label), gr.skip())
 
     def explain_invalid(self, message: str | None, label: str | None = None) -> tuple:
         """After a refused run: the status says nothing ran and why; the control labelled `label` is marked, its

@@ -23,8 +23,8 @@ QUIET = dict(api_visibility="private", queue=False, show_progress="hidden")
 
 def wire_explore(demo: gr.Blocks, explore: Explore, view: ExploreView, start_latents: gr.State) -> None:
     """The Explore tab's events; `view` comes from `build_explore_tab`."""
-    check, generated = _wire_run(explore, view, start_latents)
-    _wire_whatif(WhatIfPanel(explore), view, check, generated)
+    checked, generated = _wire_run(explore, view, start_latents)
+    _wire_whatif(WhatIfPanel(explore), view, checked, generated)
     _wire_stop(explore, view)
     _wire_revisit(explore, view)
     _wire_descriptions(demo, explore, view)
@@ -33,18 +33,18 @@ def wire_explore(demo: gr.Blocks, explore: Explore, view: ExploreView, start_lat
 
 
 def _wire_run(explore: Explore, view: ExploreView, start_latents: gr.State) -> tuple:
-    """Generate, checked first. Returns (the check, the run) events."""
+    """Generate, checked first. Returns (the passed check's listener, the run event)."""
     run_inputs = view.control_list() + [view.init_image, start_latents, view.fork_path]
-    # The page checks the controls first, in an event with no outputs: a refused value raises there, so the
-    # last run's images, slider and plot stay as they were instead of turning into error badges. Queued: an
-    # event run outside the queue answers an error with HTTP 500, which the browser logs as a failed request.
-    # A refusal is said and its control marked in the check's own response (`check_and_mark`).
-    check = view.generate.click(explore.bound("check_and_mark"), inputs=run_inputs,
-                                outputs=[view.status, view.invalid_style, *view.groups.ordered()],
-                                api_visibility="private", show_progress="hidden")
-    generated = check.success(explore.bound("generate"), inputs=run_inputs, outputs=view.run_outputs(),
-                              api_name="generate", concurrency_id="gpu")
-    return check, generated
+    # The page checks the controls first (`check_and_mark`): a refusal is said, and its control marked, in the
+    # check's own response, and the last run's images, slider and plot stay as they were; valid controls get a
+    # new run token, and the token's change runs them.
+    view.generate.click(explore.bound("check_and_mark"), inputs=run_inputs,
+                        outputs=[view.status, view.invalid_style, *view.groups.ordered(), view.run_token],
+                        api_visibility="private", show_progress="hidden")
+    checked = view.run_token.change
+    generated = checked(explore.bound("generate"), inputs=run_inputs, outputs=view.run_outputs(),
+                        api_name="generate", concurrency_id="gpu", trigger_mode="once")  # as a click's run
+    return checked, generated
 
 
 def _wire_stop(explore: Explore, view: ExploreView) -> None:
@@ -53,11 +53,11 @@ def _wire_stop(explore: Explore, view: ExploreView) -> None:
     view.stop.click(explore.stop, inputs=view.run_id, api_name="stop", queue=False)
 
 
-def _wire_whatif(panel: WhatIfPanel, view: ExploreView, check, generated) -> None:
+def _wire_whatif(panel: WhatIfPanel, view: ExploreView, checked, generated) -> None:
     """The what-if panel: cleared once Generate's check passes, refreshed after the run, recombined as its
     sliders or the step slider move, and its forks streamed into Generate's outputs."""
     ui = view.whatif
-    check.success(lambda: ([], RUNNING), outputs=[ui.gallery, ui.summary], **QUIET)
+    checked(lambda: ([], RUNNING), outputs=[ui.gallery, ui.summary], **QUIET)
     generated.then(panel.refresh, inputs=view.history, outputs=ui.refreshed(), **QUIET)
     inputs = [view.history, view.step_slider, ui.scale, ui.mode, view.controls["preview"]]
     # No queue: the recombination is cheap and calls no UNet, so the slider answers as it moves.
