@@ -39,16 +39,9 @@ CONTROL_INFO = {
     "uncond": "What 'unconditional' means: SDXL's all-zero embeddings, or the encoded empty prompt.",
 }
 SCALE_LABEL = "Guidance scale"  # the control's label (ui.controls); a mode with its own scale adds its symbol
-# Per mode, the controls it does not read, and why (shown in place of their info line, and greyed out).
-UNUSED_BY_MODE = {
-    "negative_direction": {"uncond": "the negative direction prompt's prediction is the baseline"},
-    "cond_only": {"guidance_scale": "one prediction, nothing to scale",
-                  "uncond": "no baseline is computed"},
-    "uncond_only": {"prompt": "only the baseline is predicted", "prompt_2": "only the baseline is predicted",
-                    "guidance_scale": "one prediction, nothing to scale"},
-    "weighted": {"prompt": "the weighted prompts below are the text", "prompt_2": "the weighted prompts below are the text",
-                 "guidance_scale": "the weights are the scales"},
-}
+# Per mode, the controls it does not read, and why (its table entry's `unused`: shown in place of their info line,
+# and greyed out).
+UNUSED_BY_MODE = {mode.name: dict(mode.unused) for mode in GUIDANCE_MODES.values() if mode.unused}
 # Deterministic is not mode-seeking: eta 0 sets the image by the starting noise alone, eta 1 adds fresh noise each
 # step; both sample the model's distribution (the probability-flow ODE and DDPM, Song et al. 2020), and neither
 # finds its most likely image. Guidance is what concentrates samples on the prompt's likeliest images.
@@ -190,6 +183,17 @@ def scale_table(scales: list[float]) -> pd.DataFrame:
 
 
 SCALE_PLOT = "Guidance scale per step"  # in CFG's s: a mode with its own scale plots the CFG scale it equals
+
+
+def scale_plot_title(mode: str, scale: float | None) -> str:
+    """The schedule plot's title: s per step, or where a mode's own scale equals a CFG scale per step (CFG++'s λ,
+    its `Scale.equivalent`), that ω_t, for the λ it holds (while that λ is one Generate takes)."""
+    own = GUIDANCE_MODES[mode].scale if mode in GUIDANCE_MODES else None
+    if own is None or own.equivalent is None:
+        return SCALE_PLOT
+    low, high = own.range
+    held = f" = {scale:g}" if isinstance(scale, (int, float)) and low <= scale <= high else ""
+    return f"Equivalent CFG scale ω_t per step, for {own.symbol}{held}"
 
 
 def equivalent_line(request, symbol: str, omegas: list[float]) -> str:

@@ -201,6 +201,9 @@ class Mode:
     # passes change with the step (SEG: diffusers' guider runs no perturbed pass at its first step)
     needs_step: bool = False
     scale: Scale | None = None  # None: the guidance scale is CFG's s
+    # Request fields that other modes read and this one does not, each with why: the page greys the control and
+    # says the reason in place of its info line (FDG's per-level scales replace the guidance scale).
+    unused: tuple[tuple[str, str], ...] = ()
 
     @property
     def fields(self) -> tuple[str, ...]:

@@ -48,10 +48,10 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from PIL import Image, ImageDraw
 from tokenizers import AddedToken
 from torch import Tensor, nn
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .sdxl import SDXL_SCHEDULER_CONFIG
-from .tiny import tiny_tokenizer
+from .tiny import text_config, tiny_tokenizer
 
 DEFAULT_SIZE = 256  # px: a 30-step, 4-seed CFG run takes well under 2 s on 2 CPU cores (bench/bench_toy.py)
 
@@ -184,19 +184,8 @@ def toy_text_encoder(tokenizer: CLIPTokenizer, with_projection: bool) -> CLIPTex
     and MLP ends in a zero linear layer) leave it equal to the token embedding: word k's unit k, nothing for any
     other token (start, end, padding, unknown words).
     """
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=HIDDEN_SIZE,
-        intermediate_size=HIDDEN_SIZE,
-        num_attention_heads=1,
-        num_hidden_layers=2,
-        max_position_embeddings=77,
-        projection_dim=PROJECTION_DIM,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_act="gelu",
-    )
+    config = text_config(tokenizer, PROJECTION_DIM, hidden_size=HIDDEN_SIZE, intermediate_size=HIDDEN_SIZE, heads=1,
+                         layers=2)
     with torch.random.fork_rng(devices=[]):  # the initial weights are all overwritten below
         model = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
     with torch.no_grad():

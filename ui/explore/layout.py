@@ -191,6 +191,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> ExploreView:
     out["before"] = gr.State(None)  # the controls just before a preset, PNG or link replaced them
     # The running job's id, from the first update of its stream: Stop sends it back (see handlers.Jobs).
     out["run_id"] = gr.Textbox(label="Run id", visible=False)
+    out["run_token"] = gr.Textbox(label="Run token", visible=False)  # see `RunRoom.check_and_mark`
     return _view(c, out)
 
 
