@@ -12,6 +12,7 @@ keeps its own mode, scale, schedule and seeds, and all their UNet passes go thro
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Sequence
 
@@ -27,7 +28,7 @@ from .decompose import Decomposition, alpha_bar, decompose, pred_x0, x0_differen
 from .guidance import (  # noqa: F401 (UNCOND: for callers)
     COND, UNCOND, Mode, Part, StepInfo, combine, guidance_mode, guidance_stats, step_prediction,
 )
-from .denoiser import Conditioning, Denoiser, execution_device
+from .denoiser import Block, Conditioning, Denoiser, Layout, Watcher, execution_device
 from .models.toy import is_toy
 from .previews import encode_image, final_images
 from .request import GenerationRequest, RequestError
@@ -217,9 +218,9 @@ class _UNetBatch:
     """
 
     def __init__(self, pipe: StableDiffusionXLPipeline, lanes: list[_Lane], time_ids: Tensor,
-                 chunk: int | None = None) -> None:
+                 chunk: int | None = None, watchers: Sequence[Watcher] = ()) -> None:
         self.pipe, self.lanes, self.time_ids = pipe, lanes, time_ids
-        self.denoiser = Denoiser(pipe, chunk)
+        self.denoiser = Denoiser(pipe, chunk, watchers)
         self.conditioning: dict[tuple, Conditioning] = {}
         self.chunks = 0
 
@@ -246,6 +247,14 @@ class _UNetBatch:
                              for value, (k, _) in zip(values, order) for _ in range(self.lanes[k].batch)],
                             dtype=torch.float64)
 
+    def _layout(self, group: tuple[tuple[int, Part], ...], plans: list[StepPlan]) -> Layout | None:
+        """Which rows of a call hold which lane's part, per seed: what the denoiser's watchers read."""
+        if not self.denoiser.watchers:
+            return None
+        starts = itertools.accumulate((self.lanes[k].batch for k, _ in group), initial=0)
+        return Layout(plans[0].step, tuple(Block(k, part, self.lanes[k].request.seeds, start)
+                                           for (k, part), start in zip(group, starts)))
+
     def __call__(self, scaled: Tensor, t: Tensor, plans: list[StepPlan]) -> list[dict[Part, Tensor]]:
         """Each lane's predictions by part, each (B_lane, 4, H/f, W/f), from the scaled model input (B, 4, H/f, W/f)."""
         preds: list[dict[Part, Tensor]] = [{} for _ in self.lanes]
@@ -256,7 +265,7 @@ class _UNetBatch:
         for variant in dict.fromkeys(part.variant for _, part in order):  # one call per model variant, in order
             group = tuple((k, part) for k, part in order if part.variant == variant)
             model_input = torch.cat([scaled[self.lanes[k].rows] for k, _ in group])
-            noise_all = self.denoiser(model_input, t, self._conditioning(group), variant)
+            noise_all = self.denoiser(model_input, t, self._conditioning(group), variant, self._layout(group, plans))
             self.chunks += self.denoiser.chunks
             for (k, part), chunk in zip(group, noise_all.split([self.lanes[k].batch for k, _ in group])):
                 preds[k][part] = chunk
@@ -434,14 +443,15 @@ def _step_info(scheduler, t: Tensor, settings: list[GenerationRequest], predicti
 @torch.no_grad()
 def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest],
                   unet_chunk: int | None = None, *, record: bool = False,
-                  resume: Resume | None = None) -> Iterator[tuple[StepEvent, ...]]:
+                  resume: Resume | None = None, watchers: Sequence[Watcher] = ()) -> Iterator[tuple[StepEvent, ...]]:
     """Run several requests as one batch, yielding one `StepEvent` per request per step. Decodes nothing.
 
     The requests must share scheduler, steps, size and eta; each image still depends only on its own
     request and seed (one generator per image). `unet_chunk` forces the UNet's micro-batch size (rows per
     call; `CFG_EXPLORER_UNET_CHUNK` does the same for the app); by default it follows the free memory.
     `record=True` puts a `StepRecord` on every event; `resume` starts after a step of an earlier run of the
-    same requests instead of at the start.
+    same requests instead of at the start. `watchers` look inside each UNet call, told which rows are which
+    (e.g. `pipeline.attention.AttentionRecorder`); they change no prediction.
     """
     if not requests:
         raise ValueError("requests: need at least one request")
@@ -464,7 +474,7 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
                               latents=latents[lane.rows], pred_x0=latents[lane.rows], unet_passes=0) for lane in lanes)
         return
 
-    unet = _UNetBatch(pipe, lanes, _time_ids(pipe, first, dtype), unet_chunk)
+    unet = _UNetBatch(pipe, lanes, _time_ids(pipe, first, dtype), unet_chunk, watchers)
     extra = step_kwargs(scheduler, [g for gens in lane_generators for g in gens], first.eta)
     timestep_values = timesteps.tolist()  # one device sync here, not one per step for the events
     prediction_type = scheduler.config.prediction_type
@@ -487,16 +497,16 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
 
 
 def denoise(pipe: StableDiffusionXLPipeline, request: GenerationRequest, *, record: bool = False,
-            resume: Resume | None = None) -> Iterator[StepEvent]:
+            resume: Resume | None = None, watchers: Sequence[Watcher] = ()) -> Iterator[StepEvent]:
     """Run one request's denoising loop, yielding one `StepEvent` per step. Decodes nothing."""
-    for (event,) in denoise_batch(pipe, [request], record=record, resume=resume):
+    for (event,) in denoise_batch(pipe, [request], record=record, resume=resume, watchers=watchers):
         yield event
 
 
 def generate(pipe: StableDiffusionXLPipeline, request: GenerationRequest, *, record: bool = False,
-             resume: Resume | None = None) -> Iterator[StepEvent]:
+             resume: Resume | None = None, watchers: Sequence[Watcher] = ()) -> Iterator[StepEvent]:
     """`denoise`, with the final event carrying one full-size PIL image per seed, in seed order."""
-    for event in denoise(pipe, request, record=record, resume=resume):
+    for event in denoise(pipe, request, record=record, resume=resume, watchers=watchers):
         if event.is_final:
             event = dataclasses.replace(event, images=tuple(final_images(pipe, event.latents)))
         yield event
