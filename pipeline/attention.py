@@ -190,3 +190,71 @@ def recording_processors(unet: torch.nn.Module, processor: AttnProcessor2_0) -> 
 def cross_attention_layers(unet: torch.nn.Module) -> int:
     """How many cross-attention layers the UNet has: what one step adds to each map's per-pixel sum."""
     return sum(name.endswith("attn2.processor") for name in getattr(unet, "attn_processors", {}))
+
+
+# --- token positions and words ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Token position i of the prompt embeddings: encoder 1's token of Prompt there and encoder 2's of Prompt 2
+    (Prompt, where Prompt 2 is empty: diffusers' rule). One attention map serves both."""
+
+    index: int
+    token: str
+    token_2: str
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """A word of Prompt (encoder 1's tokens up to a word end) at its positions, with what encoder 2 holds there."""
+
+    text: str
+    text_2: str
+    positions: tuple[int, ...]
+
+    @property
+    def mixed(self) -> bool:
+        """Whether encoder 2 holds something else at these positions: the map then serves both."""
+        return self.text != self.text_2
+
+
+def _tokens(tokenizer, text: str) -> list[str]:
+    ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+    return tokenizer.convert_ids_to_tokens(ids)
+
+
+def positions(pipe, prompt: str, prompt_2: str = "") -> list[Position]:
+    """Each position up to the later of the two end tokens, labelled with both tokenizers' tokens."""
+    first, second = _tokens(pipe.tokenizer, prompt), _tokens(pipe.tokenizer_2, prompt_2 or prompt)
+    ends = [tokens.index(end) if end in tokens else len(tokens) - 1
+            for tokens, end in ((first, pipe.tokenizer.eos_token), (second, pipe.tokenizer_2.eos_token))]
+    return [Position(i, first[i], second[i]) for i in range(max(ends) + 1)]
+
+
+def _plain(token: str) -> str:
+    return token.replace("</w>", "")
+
+
+def words(pipe, prompt: str, prompt_2: str = "") -> list[Word]:
+    """Prompt's words by encoder 1's tokens (a BPE token ending in "</w>" ends a word; an added whole-word token is
+    one), each with the text encoder 2 holds at the same positions. The start and end tokens are not words."""
+    special = {pipe.tokenizer.bos_token, pipe.tokenizer.eos_token, pipe.tokenizer.pad_token}
+    special_2 = {pipe.tokenizer_2.bos_token, pipe.tokenizer_2.eos_token, pipe.tokenizer_2.pad_token}
+    added = set(pipe.tokenizer.get_added_vocab())
+    out, current = [], []
+    for p in positions(pipe, prompt, prompt_2):
+        if p.token in special:
+            continue
+        current.append(p)
+        if p.token.endswith("</w>") or p.token in added:
+            out.append(Word("".join(_plain(q.token) for q in current),
+                            "".join(_plain(q.token_2) for q in current if q.token_2 not in special_2),
+                            tuple(q.index for q in current)))
+            current = []
+    return out
+
+
+def word_map(maps: Tensor, word: Word) -> Tensor:
+    """(77, h, w) maps -> (h, w): the word's positions summed (a word of several tokens holds several)."""
+    return maps[list(word.positions)].sum(dim=0)
