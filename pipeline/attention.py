@@ -135,6 +135,7 @@ class AttentionRecorder:
         self._call: list[tuple[int, Watch]] = []  # (row within the denoiser call, watch)
         self._size: tuple[int, int] = (0, 0)
         self._step = 0
+        self._pending: dict[tuple[Watch, int, int], Tensor] = {}  # this call's maps per watch and token grid
 
     @contextlib.contextmanager
     def watch(self, unet: torch.nn.Module, layout: Layout, model_input: Tensor, t: Tensor,
@@ -149,9 +150,12 @@ class AttentionRecorder:
             yield
             return
         self._size, self._step = tuple(model_input.shape[-2:]), step
-        with recording_processors(unet, RecordingAttnProcessor(self)):
-            yield
-        self._call = []
+        try:
+            with recording_processors(unet, RecordingAttnProcessor(self)):
+                yield
+            self._flush()
+        finally:
+            self._call, self._pending = [], {}
 
     @contextlib.contextmanager
     def chunk(self, rows: slice) -> Iterator[None]:
@@ -163,12 +167,21 @@ class AttentionRecorder:
             self.current = []
 
     def add(self, watches: list[Watch], probs: Tensor) -> None:
-        """One layer's (n, queries, 77) weights for the n watched rows: onto the latent grid, added per watch."""
+        """One layer's (n, queries, 77) weights for the n watched rows, added per watch on the layer's own token
+        grid; `_flush` upsamples each grid's sum once per call (upsampling is linear: the sum of the upsampled
+        maps is the upsampled sum), which keeps the cost per layer to the weights themselves."""
         h, w = token_grid(probs.shape[1], *self._size)
         grid = probs.transpose(1, 2).reshape(len(watches), probs.shape[2], h, w)
-        if (h, w) != self._size:  # bilinear weights sum to 1: each pixel's weights still sum to 1
-            grid = F.interpolate(grid, size=self._size, mode="bilinear", align_corners=False)
         for watch, maps in zip(watches, grid):
+            key = (watch, h, w)
+            self._pending[key] = maps if key not in self._pending else self._pending[key] + maps
+
+    def _flush(self) -> None:
+        """The call's maps onto the latent grid, added to its step. Bilinear weights sum to 1, so each pixel's
+        weights over the positions still sum to 1 per layer."""
+        for (watch, h, w), maps in self._pending.items():
+            if (h, w) != self._size:
+                maps = F.interpolate(maps[None], size=self._size, mode="bilinear", align_corners=False)[0]
             self.maps[watch].add(self._step, maps)
 
 
