@@ -29,6 +29,7 @@ from . import words_render as render
 from .controls import CONTROL_NAMES, label_of, read, request_from_settings
 from .fields import FieldNumber, FieldSlider, gr_error, refused
 from .handlers import gpu, gpu_seconds, takes_controls
+from .render import mode_label
 from .served import ServedGallery
 
 
@@ -95,9 +96,11 @@ class WordMaps:
     def _recorded(self, request, recorder: AttentionRecorder, x0: dict, final: Image.Image) -> Recorded:
         maps = recorder.maps[Watch(request.seeds[0])]
         found = tuple(words(self.pipe, request.prompt, request.prompt_2))
-        if maps.total is None or not found:
-            why = "the prompt has no words" if not found else "the run computed no prediction of the prompt"
-            raise refused(f"Map words: nothing to map: {why}")
+        if not found:
+            raise refused("has no words to map", label=label_of("prompt"))
+        if maps.total is None:  # e.g. the baseline-only mode: no step ran the prompt
+            raise refused(f"no step of a run in {mode_label(request.mode)} mode predicts from the prompt, so "
+                          "nothing attends to its words", label=label_of("mode"))
 
         def per_word(m: Tensor) -> Tensor:
             return torch.stack([word_map(m, w) for w in found]).cpu()
@@ -191,9 +194,11 @@ def build_words_tab(handlers, controls: list) -> None:
             ablation = ServedGallery(label="Word ablation: x̂₀ without each word, and where it changed", columns=3,
                                      format="jpeg", object_fit="contain", height="auto", elem_id="word-ablation")
     recorded = gr.State(None)
-    map_btn.click(takes_controls(tab.map_words), inputs=list(controls) + [seed],
-                  outputs=[status, maps, mixed, tokens, step, recorded], api_name="map_words", concurrency_id="gpu")
-    step.input(tab.show_step, inputs=[recorded, step], outputs=[maps, shown], api_name="word_map_step",
-               trigger_mode="always_last", show_progress="hidden")  # input: the arrow keys move it too
+    if not tab.toy:  # the toy has no maps: no endpoint for them either
+        map_btn.click(takes_controls(tab.map_words), inputs=list(controls) + [seed],
+                      outputs=[status, maps, mixed, tokens, step, recorded], api_name="map_words",
+                      concurrency_id="gpu")
+        step.input(tab.show_step, inputs=[recorded, step], outputs=[maps, shown], api_name="word_map_step",
+                   trigger_mode="always_last", show_progress="hidden")  # input: the arrow keys move it too
     ablate_btn.click(takes_controls(tab.ablate), inputs=list(controls) + [seed, ablation_step],
                      outputs=[ablation, status], api_name="ablate_words", concurrency_id="gpu")
