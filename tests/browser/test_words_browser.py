@@ -97,6 +97,7 @@ def test_word_maps_on_sdxl_mix_the_two_encoders_and_follow_the_step_slider(tmp_p
         assert "so these maps mix them" in page.locator("#words-mixed").inner_text()
         open_group(page, "Token positions")
         table = page.locator("#word-tokens table")
+        table.locator("tr").nth(9).wait_for()  # the accordion renders its contents once opened
         assert table.locator("tr").count() == 10  # the header, then positions 0 (start) to 8 (end)
         assert table.locator("tr").nth(1).inner_text().split("\t")[1:] == ["<|startoftext|>", "<|startoftext|>"]
         assert table.locator("tr").nth(2).inner_text().split("\t")[1:] == ["a</w>", "b ⚠"]
