@@ -90,13 +90,17 @@ def test_rows_come_from_the_layout_under_perp_negs_three_parts(tiny_pipe):
     """Perp-Neg runs [baseline, prompt, negative] per step. SDXL's zero baseline makes every key 0, so its map is
     exactly uniform, 1/77 per position; the prompt's and the negative's are not, and differ. A guess of
     [uncond; cond] halves would have read the baseline's rows as the prompt's."""
-    request = _request(mode="perp_neg", negative_prompt="blue dog", seeds=(1,))
-    recorder, _ = _record(tiny_pipe, request, Watch(1, UNCOND), Watch(1, COND), Watch(1, NEGATIVE))
+    request = _request(mode="perp_neg", negative_prompt="blue dog", seeds=(1, 2))
+    recorder, _ = _record(tiny_pipe, request, Watch(2, UNCOND), Watch(2, COND), Watch(2, NEGATIVE))
     layers_steps = cross_attention_layers(tiny_pipe.unet) * 3
     uniform = torch.full((77, 8, 8), layers_steps / 77)
-    torch.testing.assert_close(recorder.maps[Watch(1, UNCOND)].total, uniform, **SUM_TOL)
-    cond, negative = recorder.maps[Watch(1, COND)].total, recorder.maps[Watch(1, NEGATIVE)].total
+    torch.testing.assert_close(recorder.maps[Watch(2, UNCOND)].total, uniform, **SUM_TOL)
+    cond, negative = recorder.maps[Watch(2, COND)].total, recorder.maps[Watch(2, NEGATIVE)].total
     assert (cond - uniform).abs().max() > 1e-3 and (negative - cond).abs().max() > 1e-3  # tiny random weights: near uniform
+    # Rows [u1, u2, c1, c2, n1, n2]: "the second half" would have read n1 as seed 2's prompt. Alone, seed 2's rows
+    # are [u2, c2, n2]; its prompt's maps are the same both ways.
+    alone, _ = _record(tiny_pipe, _request(mode="perp_neg", negative_prompt="blue dog", seeds=(2,)), Watch(2, COND))
+    torch.testing.assert_close(cond, alone.maps[Watch(2, COND)].total, **BATCH_TOL)
 
 
 def test_single_pass_steps_record_what_they_compute(tiny_pipe):
