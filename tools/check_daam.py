@@ -77,7 +77,8 @@ def our_maps(pipe, seed: int, steps: int, mid: bool) -> torch.Tensor:
     request = GenerationRequest(prompt=PROMPT, steps=steps, seeds=(seed,), width=256, height=256)
     keep = {}
     if not mid:  # give the mid block its own processor back: our recorder swaps every attn2
-        mid_attn = [m for name, m in pipe.unet.named_modules() if name.startswith("mid_block") and name.endswith("attn2")]
+        mid_attn = [m for name, m in pipe.unet.named_modules()
+                    if name.startswith("mid_block") and name.endswith("attn2")]
         keep = {m: m.set_processor for m in mid_attn}
         for m in mid_attn:
             m.set_processor = lambda processor, _m=m: None  # stays as it was

@@ -32,7 +32,8 @@ def test_dropping_left_moves_the_toys_mass_from_the_left_half(toy_pipe):
 
 def test_a_colour_word_controls_the_shapes_region(toy_pipe):
     """Dropping "red" from "red circle left" changes x̂₀ where the circle is (the left), far more than elsewhere."""
-    ablation = word_ablation(toy_pipe, GenerationRequest(prompt="red circle left", steps=20, seeds=(3,), **TOY_SIZE), step=1)
+    request = GenerationRequest(prompt="red circle left", steps=20, seeds=(3,), **TOY_SIZE)
+    ablation = word_ablation(toy_pipe, request, step=1)
     heat = ablation.heat()[0]
     w = heat.shape[-1]
     assert heat[:, : w // 2].sum() > 5 * heat[:, w // 2:].sum()
@@ -40,7 +41,8 @@ def test_a_colour_word_controls_the_shapes_region(toy_pipe):
 
 def test_a_word_the_model_does_not_know_changes_nothing(toy_pipe):
     """The toy's encoders embed unknown words to nothing, so dropping one leaves x̂₀ exactly as it was."""
-    ablation = word_ablation(toy_pipe, GenerationRequest(prompt="red banana circle", steps=10, seeds=(1,), **TOY_SIZE), step=2)
+    request = GenerationRequest(prompt="red banana circle", steps=10, seeds=(1,), **TOY_SIZE)
+    ablation = word_ablation(toy_pipe, request, step=2)
     assert ablation.delta[1].abs().max() == 0
     assert ablation.delta[0].abs().max() > 0
 
