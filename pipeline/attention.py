@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -85,7 +86,7 @@ class RecordingAttnProcessor(AttnProcessor2_0):
     def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                  attention_mask: Tensor | None = None, temb: Tensor | None = None, *args, **kwargs) -> Tensor:
         out = super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        rows = self.recorder.current
+        rows = self.recorder.rows()
         if rows and encoder_hidden_states is not None:
             index = torch.tensor([row for row, _ in rows], device=hidden_states.device)
             probs = attention_probs(attn, hidden_states[index], encoder_hidden_states[index])
@@ -136,6 +137,7 @@ class AttentionRecorder:
         self._size: tuple[int, int] = (0, 0)
         self._step = 0
         self._pending: dict[tuple[Watch, int, int], Tensor] = {}  # this call's maps per watch and token grid
+        self._thread: int | None = None  # the thread whose denoiser call is being watched
 
     @contextlib.contextmanager
     def watch(self, unet: torch.nn.Module, layout: Layout, model_input: Tensor, t: Tensor,
@@ -149,13 +151,13 @@ class AttentionRecorder:
             self._call = []
             yield
             return
-        self._size, self._step = tuple(model_input.shape[-2:]), step
+        self._size, self._step, self._thread = tuple(model_input.shape[-2:]), step, threading.get_ident()
         try:
             with recording_processors(unet, RecordingAttnProcessor(self)):
                 yield
             self._flush()
         finally:
-            self._call, self._pending = [], {}
+            self._call, self._pending, self._thread = [], {}, None
 
     @contextlib.contextmanager
     def chunk(self, rows: slice) -> Iterator[None]:
@@ -165,6 +167,12 @@ class AttentionRecorder:
             yield
         finally:
             self.current = []
+
+    def rows(self) -> list[tuple[int, Watch]]:
+        """The watched rows of the running micro-batch, for a call on the watched call's own thread; none for any
+        other. The swapped processors belong to a UNet that another thread may be running at the same moment
+        (another session's run): its rows are not ours to record, nor to index."""
+        return self.current if threading.get_ident() == self._thread else []
 
     def add(self, watches: list[Watch], probs: Tensor) -> None:
         """One layer's (n, queries, 77) weights for the n watched rows, added per watch on the layer's own token
@@ -187,7 +195,12 @@ class AttentionRecorder:
 
 @contextlib.contextmanager
 def recording_processors(unet: torch.nn.Module, processor: AttnProcessor2_0) -> Iterator[None]:
-    """Swap every cross-attention processor (`attn2`) of `unet` for `processor`; restore the originals after."""
+    """Swap every cross-attention processor (`attn2`) of `unet` for `processor`; restore the originals after.
+
+    The swap is the shared UNet's for the call: another thread's call meanwhile runs through the recording
+    processor too, which returns what the original returns and records nothing for it (`AttentionRecorder.rows`).
+    What the swap cannot guard against is a second swapper (a model variant's context) entering and leaving
+    interleaved with this one on another thread; the app runs its GPU handlers one at a time (`concurrency_id`)."""
     if not hasattr(unet, "attn_processors"):
         raise ValueError("attention: this model has no attention layers (the toy world's exact denoiser reads "
                          "the words directly); use word ablation (pipeline.attribution) instead")

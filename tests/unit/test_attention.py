@@ -3,12 +3,15 @@ the softmax dictates, and its rows come from the loop's own batch layout."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
 from pipeline import GenerationRequest, generate
 from pipeline.attention import (AttentionRecorder, Watch, attention_probs, cross_attention_layers, token_grid,
                                 word_map, words)
+from pipeline.denoiser import Block, Conditioning, Layout
 from pipeline.guidance import COND, NEGATIVE, UNCOND
 from pipeline.loop import denoise_batch
 
@@ -166,3 +169,29 @@ def test_the_toy_world_has_no_attention_to_record(toy_pipe):
     request = GenerationRequest(prompt="red circle", steps=2, seeds=(1,))
     with pytest.raises(ValueError, match="no attention layers.*word ablation"):
         list(generate(toy_pipe, request, watchers=[recorder]))
+
+
+def test_a_call_on_another_thread_is_neither_recorded_nor_indexed(tiny_pipe):
+    """The recording processors are the shared UNet's while a watched call runs; another session's run on another
+    thread goes through them too. Its rows are not the watched ones: the watched row 3 of a 4-row call must not
+    be looked up in its 1-row batch (an IndexError in someone else's run), nor recorded."""
+    recorder = AttentionRecorder((Watch(1),))
+    layout = Layout(0, (Block(0, COND, (7, 8, 9, 1), 0),))  # seed 1 is row 3
+    unet, t = tiny_pipe.unet, torch.tensor(999.0)
+    conditioning = Conditioning(torch.zeros(4, 77, 64), torch.zeros(4, 32), torch.zeros(4, 6))
+    errors = []
+
+    def other_session():
+        try:
+            with torch.no_grad():
+                unet(torch.zeros(1, 4, 8, 8), t, encoder_hidden_states=torch.randn(1, 77, 64),
+                     added_cond_kwargs={"text_embeds": torch.zeros(1, 32), "time_ids": torch.zeros(1, 6)})
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    with recorder.watch(unet, layout, torch.zeros(4, 4, 8, 8), t, conditioning), recorder.chunk(slice(0, 4)):
+        thread = threading.Thread(target=other_session)
+        thread.start()
+        thread.join()
+    assert not errors, errors
+    assert recorder.maps[Watch(1)].total is None
