@@ -25,13 +25,17 @@ Designed for the next two issues:
   (pipeline/guidance/modes/pag.py, seg.py, autoguidance.py). A name not registered is refused, never silently run
   on the plain UNet; a UNet a variant cannot perturb (the toy's has no attention layers) is named by
   `variant_problem` before any model call.
+- **Watchers** (`pipeline.attention`'s cross-attention recorder, `pipeline.attribution`'s capture): a caller that
+  passes a `Layout` (which rows of the call are which request's prediction, per seed: the loop's own batch
+  layout) lets each watcher wrap the call (`watch`, e.g. swap processors and restore them) and each micro-batch
+  (`chunk`: which of the call's rows this UNet call holds). A watcher only looks; the prediction is unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -88,6 +92,40 @@ class Conditioning:
                             None if self.adherence is None else self.adherence[index])
 
 
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Rows of one denoiser call that hold one request's prediction `part`, one row per seed, in seed order."""
+
+    lane: int  # which request of the batch (0 for a single run)
+    part: Any  # a `pipeline.guidance.Part` (not imported: the guidance package stays below this module)
+    seeds: tuple[int, ...]
+    start: int  # its first row in the call's batch
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What each row of one denoiser call is: the loop's step (0-based) and its blocks of rows."""
+
+    step: int
+    blocks: tuple[Block, ...]
+
+    def row(self, lane: int, part: Any, seed: int) -> int | None:
+        """The row holding `lane`'s prediction `part` for `seed`, or None where this call has none."""
+        for block in self.blocks:
+            if block.lane == lane and block.part == part and seed in block.seeds:
+                return block.start + block.seeds.index(seed)
+        return None
+
+
+class Watcher(Protocol):
+    """Looks inside a denoiser call without changing what it returns (see the module docstring)."""
+
+    def watch(self, unet: torch.nn.Module, layout: Layout, model_input: Tensor, t: Tensor,
+              conditioning: Conditioning) -> ContextManager: ...
+
+    def chunk(self, rows: slice) -> ContextManager: ...
+
+
 def execution_device(pipe) -> torch.device:
     """The device the pipeline's models run on: the one place `pipe._execution_device` is read (with model CPU
     offload, diffusers' own property says where the hooks move each model)."""
@@ -98,26 +136,35 @@ class Denoiser:
     """The UNet call of one run. `chunks` says how many calls the last `__call__` took (more than 1: it did
     not fit at once). `chunk` forces the micro-batch size (rows per call), as `CFG_EXPLORER_UNET_CHUNK` does."""
 
-    def __init__(self, pipe, chunk: int | None = None) -> None:
+    def __init__(self, pipe, chunk: int | None = None, watchers: Sequence[Watcher] = ()) -> None:
         self.unet = pipe.unet
+        self.watchers = tuple(watchers)
         self.device = execution_device(pipe)
         self.micro_batches = MicroBatcher(self.device, forced=chunk)
         self.chunks = 0
 
-    def __call__(self, model_input: Tensor, t: Tensor, conditioning: Conditioning, variant: str = "") -> Tensor:
+    def __call__(self, model_input: Tensor, t: Tensor, conditioning: Conditioning, variant: str = "",
+                 layout: Layout | None = None) -> Tensor:
         """The model's prediction for each row, (B, 4, H/f, W/f), from the scaled model input (B, 4, H/f, W/f) at
-        timestep `t`, 0-d or (B,)."""
+        timestep `t`, 0-d or (B,). `layout` says which rows are what, for the watchers; without it they are not
+        called."""
         context = enter_variant(self.unet, variant)  # refused before any model call
+        watchers = self.watchers if layout is not None else ()
 
         def rows(r: slice) -> Tensor:
             c = conditioning.rows(r)
             extra = {} if c.adherence is None else {"cross_attention_kwargs": {"prompt_adherence": c.adherence}}
-            # t is one timestep for every row (0-d), or one per row ((B,): rows of runs at different steps, batched
-            # by a Ray Serve replica), sliced with its rows
-            return self.unet(model_input[r], t if t.ndim == 0 else t[r], encoder_hidden_states=c.prompt_embeds,
-                             added_cond_kwargs={"text_embeds": c.text_embeds, "time_ids": c.time_ids},
-                             return_dict=False, **extra)[0]
+            with contextlib.ExitStack() as stack:
+                for watcher in watchers:
+                    stack.enter_context(watcher.chunk(r))
+                # t is one timestep for every row (0-d), or one per row ((B,): rows of runs at different steps,
+                # batched by a Ray Serve replica), sliced with its rows
+                return self.unet(model_input[r], t if t.ndim == 0 else t[r], encoder_hidden_states=c.prompt_embeds,
+                                 added_cond_kwargs={"text_embeds": c.text_embeds, "time_ids": c.time_ids},
+                                 return_dict=False, **extra)[0]
 
-        with context:
+        with context, contextlib.ExitStack() as stack:
+            for watcher in watchers:
+                stack.enter_context(watcher.watch(self.unet, layout, model_input, t, conditioning))
             noise, self.chunks = self.micro_batches(rows, len(model_input))
         return noise

@@ -12,6 +12,7 @@ keeps its own mode, scale, schedule and seeds, and all their UNet passes go thro
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Sequence
 
@@ -27,7 +28,7 @@ from .decompose import Decomposition, alpha_bar, decompose, pred_x0, x0_differen
 from .guidance import (  # noqa: F401 (UNCOND: for callers)
     COND, GUIDANCE_MODES, UNCOND, Mode, Part, StepInfo, combine, guidance_mode, guidance_stats, step_prediction,
 )
-from .denoiser import Conditioning, Denoiser, execution_device, variant_problem
+from .denoiser import Block, Conditioning, Denoiser, Layout, Watcher, execution_device, variant_problem
 from .models.toy import is_toy
 from .previews import encode_image, final_images
 from .request import GenerationRequest, RequestError
@@ -219,9 +220,12 @@ class _UNetBatch:
     """
 
     def __init__(self, pipe: StableDiffusionXLPipeline, lanes: list[_Lane], time_ids: Tensor,
-                 chunk: int | None = None, denoiser: Denoiser | None = None) -> None:
+                 chunk: int | None = None, watchers: Sequence[Watcher] = (),
+                 denoiser: Denoiser | None = None) -> None:
+        if denoiser is not None and watchers:
+            raise ValueError("watchers: they look inside a local Denoiser's UNet call; a given denoiser has none")
         self.pipe, self.lanes, self.time_ids = pipe, lanes, time_ids
-        self.denoiser = denoiser or Denoiser(pipe, chunk)
+        self.denoiser = denoiser or Denoiser(pipe, chunk, watchers)
         self.conditioning: dict[tuple, Conditioning] = {}
         self.chunks = 0
 
@@ -248,6 +252,14 @@ class _UNetBatch:
                              for value, (k, _) in zip(values, order) for _ in range(self.lanes[k].batch)],
                             dtype=torch.float64)
 
+    def _layout(self, group: tuple[tuple[int, Part], ...], plans: list[StepPlan]) -> Layout | None:
+        """Which rows of a call hold which lane's part, per seed: what the denoiser's watchers read."""
+        if not self.denoiser.watchers:
+            return None
+        starts = itertools.accumulate((self.lanes[k].batch for k, _ in group), initial=0)
+        return Layout(plans[0].step, tuple(Block(k, part, self.lanes[k].request.seeds, start)
+                                           for (k, part), start in zip(group, starts)))
+
     def __call__(self, scaled: Tensor, t: Tensor, plans: list[StepPlan]) -> list[dict[Part, Tensor]]:
         """Each lane's predictions by part, each (B_lane, 4, H/f, W/f), from the scaled model input (B, 4, H/f, W/f)."""
         preds: list[dict[Part, Tensor]] = [{} for _ in self.lanes]
@@ -258,7 +270,7 @@ class _UNetBatch:
         for variant in dict.fromkeys(part.variant for _, part in order):  # one call per model variant, in order
             group = tuple((k, part) for k, part in order if part.variant == variant)
             model_input = torch.cat([scaled[self.lanes[k].rows] for k, _ in group])
-            noise_all = self.denoiser(model_input, t, self._conditioning(group), variant)
+            noise_all = self.denoiser(model_input, t, self._conditioning(group), variant, self._layout(group, plans))
             self.chunks += self.denoiser.chunks
             for (k, part), chunk in zip(group, noise_all.split([self.lanes[k].batch for k, _ in group])):
                 preds[k][part] = chunk
@@ -464,15 +476,18 @@ def _step_info(scheduler, t: Tensor, settings: list[GenerationRequest], predicti
 @torch.no_grad()
 def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest],
                   unet_chunk: int | None = None, *, record: bool = False,
-                  resume: Resume | None = None, denoiser: Denoiser | None = None) -> Iterator[tuple[StepEvent, ...]]:
+                  resume: Resume | None = None, watchers: Sequence[Watcher] = (),
+                  denoiser: Denoiser | None = None) -> Iterator[tuple[StepEvent, ...]]:
     """Run several requests as one batch, yielding one `StepEvent` per request per step. Decodes nothing.
 
     The requests must share scheduler, steps, size and eta; each image still depends only on its own
     request and seed (one generator per image). `unet_chunk` forces the UNet's micro-batch size (rows per
     call; `CFG_EXPLORER_UNET_CHUNK` does the same for the app); by default it follows the free memory.
     `record=True` puts a `StepRecord` on every event; `resume` starts after a step of an earlier run of the
-    same requests instead of at the start. `denoiser`: the UNet call to use instead of a plain `Denoiser` (anything
-    with its call, `device` and `chunks`: a Ray Serve replica passes one that batches rows across runs).
+    same requests instead of at the start. `watchers` look inside each UNet call, told which rows are which
+    (e.g. `pipeline.attention.AttentionRecorder`); they change no prediction. `denoiser`: the UNet call to use
+    instead of a plain `Denoiser` (anything with its call, `device` and `chunks`: a Ray Serve replica passes one
+    that batches rows across runs); it takes no watchers.
     """
     if not requests:
         raise ValueError("requests: need at least one request")
@@ -496,7 +511,7 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
                               latents=latents[lane.rows], pred_x0=latents[lane.rows], unet_passes=0) for lane in lanes)
         return
 
-    unet = _UNetBatch(pipe, lanes, _time_ids(pipe, first, dtype), unet_chunk, denoiser)
+    unet = _UNetBatch(pipe, lanes, _time_ids(pipe, first, dtype), unet_chunk, watchers, denoiser)
     extra = step_kwargs(scheduler, [g for gens in lane_generators for g in gens], first.eta)
     timestep_values = timesteps.tolist()  # one device sync here, not one per step for the events
     prediction_type = scheduler.config.prediction_type
@@ -519,16 +534,19 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
 
 
 def denoise(pipe: StableDiffusionXLPipeline, request: GenerationRequest, *, record: bool = False,
-            resume: Resume | None = None, denoiser: Denoiser | None = None) -> Iterator[StepEvent]:
+            resume: Resume | None = None, watchers: Sequence[Watcher] = (),
+            denoiser: Denoiser | None = None) -> Iterator[StepEvent]:
     """Run one request's denoising loop, yielding one `StepEvent` per step. Decodes nothing."""
-    for (event,) in denoise_batch(pipe, [request], record=record, resume=resume, denoiser=denoiser):
+    for (event,) in denoise_batch(pipe, [request], record=record, resume=resume, watchers=watchers,
+                                  denoiser=denoiser):
         yield event
 
 
 def generate(pipe: StableDiffusionXLPipeline, request: GenerationRequest, *, record: bool = False,
-             resume: Resume | None = None, denoiser: Denoiser | None = None) -> Iterator[StepEvent]:
+             resume: Resume | None = None, watchers: Sequence[Watcher] = (),
+             denoiser: Denoiser | None = None) -> Iterator[StepEvent]:
     """`denoise`, with the final event carrying one full-size PIL image per seed, in seed order."""
-    for event in denoise(pipe, request, record=record, resume=resume, denoiser=denoiser):
+    for event in denoise(pipe, request, record=record, resume=resume, watchers=watchers, denoiser=denoiser):
         if event.is_final:
             event = dataclasses.replace(event, images=tuple(final_images(pipe, event.latents)))
         yield event

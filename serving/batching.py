@@ -98,6 +98,8 @@ class BatchingDenoiser:
         self.chunks = 0
         self.shared = 1
 
-    def __call__(self, model_input: Tensor, t: Tensor, conditioning: Conditioning, variant: str = "") -> Tensor:
+    def __call__(self, model_input: Tensor, t: Tensor, conditioning: Conditioning, variant: str = "",
+                 layout=None) -> Tensor:
+        # `layout` is for a local Denoiser's watchers; the loop refuses watchers with a given denoiser
         noise, self.chunks, self.shared = self.submit(Rows(model_input, t, conditioning, variant))
         return noise
