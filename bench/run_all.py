@@ -8,10 +8,12 @@ from __future__ import annotations
 import sys
 import time
 
-from . import bench_app, bench_cond_only, bench_generate, bench_interval, bench_previews, bench_toy, bench_whatif
+from . import (bench_app, bench_attention, bench_cond_only, bench_generate, bench_interval, bench_previews, bench_toy,
+               bench_whatif)
 from .common import build_models, describe, finish_args, load_warning, parser
 
-BENCHMARKS = (bench_generate, bench_cond_only, bench_interval, bench_previews, bench_toy, bench_whatif, bench_app)
+BENCHMARKS = (bench_generate, bench_cond_only, bench_interval, bench_previews, bench_toy, bench_whatif, bench_attention,
+              bench_app)
 
 
 def main(argv: list[str] | None = None) -> int:

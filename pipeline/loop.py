@@ -12,6 +12,7 @@ keeps its own mode, scale, schedule and seeds, and all their UNet passes go thro
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Sequence
 
@@ -25,9 +26,9 @@ from torch import Tensor
 from .conditioning import PromptEmbeds, encode, encode_part
 from .decompose import Decomposition, alpha_bar, decompose, pred_x0, x0_difference
 from .guidance import (  # noqa: F401 (UNCOND: for callers)
-    COND, UNCOND, Mode, Part, StepInfo, combine, guidance_mode, guidance_stats, step_prediction,
+    COND, GUIDANCE_MODES, UNCOND, Mode, Part, StepInfo, combine, guidance_mode, guidance_stats, step_prediction,
 )
-from .denoiser import Conditioning, Denoiser, execution_device
+from .denoiser import Block, Conditioning, Denoiser, Layout, Watcher, execution_device, variant_problem
 from .models.toy import is_toy
 from .previews import encode_image, final_images
 from .request import GenerationRequest, RequestError
@@ -107,12 +108,12 @@ def _plan(request: GenerationRequest, i: int, total: int) -> StepPlan:
     if i < mode.zero_steps(params):
         return StepPlan((), 0.0, i)  # the prediction is 0, and no UNet pass is needed for it
     if not mode.guided:
-        return StepPlan(mode.needs(1.0, params), 1.0, i)
+        return StepPlan(mode.parts(1.0, params, i), 1.0, i)
     if not in_interval(i, total, request.guidance_interval):
         return StepPlan((COND,), 1.0, i)  # outside the interval: no guidance, the conditional prediction alone
     p = progress(i, total)
     scale = scheduled_scale(request.guidance_schedule, request.guidance_scale, p, request.guidance_cutoff)
-    return StepPlan(mode.needs(scale, params), scale, i)
+    return StepPlan(mode.parts(scale, params, i), scale, i)
 
 
 def plan_passes(request: GenerationRequest) -> list[int]:
@@ -129,7 +130,8 @@ def unguided_steps(request: GenerationRequest) -> dict[int, str]:
     """The steps (1-based, as events count them) that predict no prompt-and-baseline pair, so that no guidance
     vector is measured there, each with why: "zero_init" (the mode's first steps predict 0), "one_prediction"
     (the mode runs one prediction), "interval" (outside the guidance interval), "scale_one" (scale 1: the prompt's
-    prediction alone) or "scale_zero" (scale 0: the baseline's alone)."""
+    prediction alone), "perturbed_only" (scale 1 in PAG, SEG or autoguidance: the prompt's prediction and its
+    perturbed one, no baseline) or "scale_zero" (scale 0: the baseline's alone)."""
     total, why = _steps_taken(request), {}
     for i in range(total):
         settings = request.settings_at(i)
@@ -144,7 +146,8 @@ def unguided_steps(request: GenerationRequest) -> dict[int, str]:
         elif not in_interval(i, total, settings.guidance_interval):
             why[i + 1] = "interval"
         else:
-            why[i + 1] = "scale_one" if COND in parts else "scale_zero"
+            perturbed = any(part.variant for part in parts)
+            why[i + 1] = "perturbed_only" if perturbed else "scale_one" if COND in parts else "scale_zero"
     return why
 
 
@@ -210,16 +213,19 @@ class _LaneStep:
 
 class _UNetBatch:
     """Every lane's predictions for a step, assembled into one batch for the `Denoiser` (one call per model
-    variant; today every pass uses the plain UNet, so one call).
+    variant: the plain UNet's passes, then each variant's, e.g. PAG's perturbed pass).
 
     The stacked conditioning of each distinct set of plans is built once and reused: a run has few. `chunks`
     says how many UNet calls the last step took (micro-batching, in the denoiser).
     """
 
     def __init__(self, pipe: StableDiffusionXLPipeline, lanes: list[_Lane], time_ids: Tensor,
-                 chunk: int | None = None, denoiser: Denoiser | None = None) -> None:
+                 chunk: int | None = None, watchers: Sequence[Watcher] = (),
+                 denoiser: Denoiser | None = None) -> None:
+        if denoiser is not None and watchers:
+            raise ValueError("watchers: they look inside a local Denoiser's UNet call; a given denoiser has none")
         self.pipe, self.lanes, self.time_ids = pipe, lanes, time_ids
-        self.denoiser = denoiser or Denoiser(pipe, chunk)
+        self.denoiser = denoiser or Denoiser(pipe, chunk, watchers)
         self.conditioning: dict[tuple, Conditioning] = {}
         self.chunks = 0
 
@@ -246,6 +252,14 @@ class _UNetBatch:
                              for value, (k, _) in zip(values, order) for _ in range(self.lanes[k].batch)],
                             dtype=torch.float64)
 
+    def _layout(self, group: tuple[tuple[int, Part], ...], plans: list[StepPlan]) -> Layout | None:
+        """Which rows of a call hold which lane's part, per seed: what the denoiser's watchers read."""
+        if not self.denoiser.watchers:
+            return None
+        starts = itertools.accumulate((self.lanes[k].batch for k, _ in group), initial=0)
+        return Layout(plans[0].step, tuple(Block(k, part, self.lanes[k].request.seeds, start)
+                                           for (k, part), start in zip(group, starts)))
+
     def __call__(self, scaled: Tensor, t: Tensor, plans: list[StepPlan]) -> list[dict[Part, Tensor]]:
         """Each lane's predictions by part, each (B_lane, 4, H/f, W/f), from the scaled model input (B, 4, H/f, W/f)."""
         preds: list[dict[Part, Tensor]] = [{} for _ in self.lanes]
@@ -256,7 +270,7 @@ class _UNetBatch:
         for variant in dict.fromkeys(part.variant for _, part in order):  # one call per model variant, in order
             group = tuple((k, part) for k, part in order if part.variant == variant)
             model_input = torch.cat([scaled[self.lanes[k].rows] for k, _ in group])
-            noise_all = self.denoiser(model_input, t, self._conditioning(group), variant)
+            noise_all = self.denoiser(model_input, t, self._conditioning(group), variant, self._layout(group, plans))
             self.chunks += self.denoiser.chunks
             for (k, part), chunk in zip(group, noise_all.split([self.lanes[k].batch for k, _ in group])):
                 preds[k][part] = chunk
@@ -318,6 +332,34 @@ def _check_adherence(pipe: StableDiffusionXLPipeline, requests: Sequence[Generat
                 raise RequestError("prompt_adherence", "only the toy world's model has it (how well it learned its "
                                                        f"prompts); leave it unset for this model, got "
                                                        f"{request.prompt_adherence!r}")
+
+
+def _check_variants(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest]) -> None:
+    """A mode whose passes need a model variant this UNet cannot run (PAG and SEG perturb attention layers, which
+    the toy's exact denoiser has none of) is refused before any model call, naming the mode and why."""
+    for request in requests:
+        total = _steps_taken(request)
+        # each variant once, with the mode of the first step that asks for it
+        variants = {part.variant: i for i in reversed(range(total)) for part in _plan(request, i, total).parts}
+        for variant, i in variants.items():
+            problem = variant_problem(pipe.unet, variant)
+            if problem:
+                label = guidance_mode(request.settings_at(i).mode).label
+                raise RequestError("mode", f"{label} is not available for this model: {problem}")
+
+
+def unavailable_modes(pipe: StableDiffusionXLPipeline) -> dict[str, str]:
+    """The modes this model cannot run, each with why: those whose guided steps (at their default settings) need a
+    model variant its UNet cannot run. In the toy world, PAG and SEG (no attention layers); else none."""
+    defaults = GenerationRequest(prompt="x")
+    out = {}
+    for name, mode in GUIDANCE_MODES.items():
+        params = mode.params_of(defaults)
+        problems = [variant_problem(pipe.unet, part.variant) for part in mode.parts(2.0, params, 1)]
+        problem = next((p for p in problems if p), None)
+        if problem:
+            out[name] = problem
+    return out
 
 
 def img2img_start(steps: int, strength: float) -> int:
@@ -434,21 +476,25 @@ def _step_info(scheduler, t: Tensor, settings: list[GenerationRequest], predicti
 @torch.no_grad()
 def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[GenerationRequest],
                   unet_chunk: int | None = None, *, record: bool = False,
-                  resume: Resume | None = None, denoiser: Denoiser | None = None) -> Iterator[tuple[StepEvent, ...]]:
+                  resume: Resume | None = None, watchers: Sequence[Watcher] = (),
+                  denoiser: Denoiser | None = None) -> Iterator[tuple[StepEvent, ...]]:
     """Run several requests as one batch, yielding one `StepEvent` per request per step. Decodes nothing.
 
     The requests must share scheduler, steps, size and eta; each image still depends only on its own
     request and seed (one generator per image). `unet_chunk` forces the UNet's micro-batch size (rows per
     call; `CFG_EXPLORER_UNET_CHUNK` does the same for the app); by default it follows the free memory.
     `record=True` puts a `StepRecord` on every event; `resume` starts after a step of an earlier run of the
-    same requests instead of at the start. `denoiser`: the UNet call to use instead of a plain `Denoiser` (anything
-    with its call, `device` and `chunks`: a Ray Serve replica passes one that batches rows across runs).
+    same requests instead of at the start. `watchers` look inside each UNet call, told which rows are which
+    (e.g. `pipeline.attention.AttentionRecorder`); they change no prediction. `denoiser`: the UNet call to use
+    instead of a plain `Denoiser` (anything with its call, `device` and `chunks`: a Ray Serve replica passes one
+    that batches rows across runs); it takes no watchers.
     """
     if not requests:
         raise ValueError("requests: need at least one request")
     _check_batchable(requests)
     _check_latents_shape(pipe, requests)  # before any model call
     _check_adherence(pipe, requests)
+    _check_variants(pipe, requests)
     first = requests[0]
     scheduler, timesteps = _timesteps(pipe, first)
     total = len(timesteps)
@@ -465,7 +511,7 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
                               latents=latents[lane.rows], pred_x0=latents[lane.rows], unet_passes=0) for lane in lanes)
         return
 
-    unet = _UNetBatch(pipe, lanes, _time_ids(pipe, first, dtype), unet_chunk, denoiser)
+    unet = _UNetBatch(pipe, lanes, _time_ids(pipe, first, dtype), unet_chunk, watchers, denoiser)
     extra = step_kwargs(scheduler, [g for gens in lane_generators for g in gens], first.eta)
     timestep_values = timesteps.tolist()  # one device sync here, not one per step for the events
     prediction_type = scheduler.config.prediction_type
@@ -488,16 +534,19 @@ def denoise_batch(pipe: StableDiffusionXLPipeline, requests: Sequence[Generation
 
 
 def denoise(pipe: StableDiffusionXLPipeline, request: GenerationRequest, *, record: bool = False,
-            resume: Resume | None = None, denoiser: Denoiser | None = None) -> Iterator[StepEvent]:
+            resume: Resume | None = None, watchers: Sequence[Watcher] = (),
+            denoiser: Denoiser | None = None) -> Iterator[StepEvent]:
     """Run one request's denoising loop, yielding one `StepEvent` per step. Decodes nothing."""
-    for (event,) in denoise_batch(pipe, [request], record=record, resume=resume, denoiser=denoiser):
+    for (event,) in denoise_batch(pipe, [request], record=record, resume=resume, watchers=watchers,
+                                  denoiser=denoiser):
         yield event
 
 
 def generate(pipe: StableDiffusionXLPipeline, request: GenerationRequest, *, record: bool = False,
-             resume: Resume | None = None, denoiser: Denoiser | None = None) -> Iterator[StepEvent]:
+             resume: Resume | None = None, watchers: Sequence[Watcher] = (),
+             denoiser: Denoiser | None = None) -> Iterator[StepEvent]:
     """`denoise`, with the final event carrying one full-size PIL image per seed, in seed order."""
-    for event in denoise(pipe, request, record=record, resume=resume, denoiser=denoiser):
+    for event in denoise(pipe, request, record=record, resume=resume, watchers=watchers, denoiser=denoiser):
         if event.is_final:
             event = dataclasses.replace(event, images=tuple(final_images(pipe, event.latents)))
         yield event

@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .guidance import GUIDANCE_MODES
+from .guidance import GUIDANCE_MODES, Param
 from .request import MAX_INIT_IMAGE_SIDE, SCHEDULERS, GenerationRequest, RequestError
 from .schedulers import SCHEDULER_TABLE
 
@@ -128,11 +128,34 @@ def _check_seed(request: GenerationRequest, seed: Any) -> None:
         raise RequestError("seed", f"must be one of the request's seeds {list(request.seeds)}, got {seed!r}")
 
 
+def a1111_key(param: Param) -> str:
+    """The `parameters` key of a mode's own setting: its page label, less any note in brackets ("FDG scales"),
+    since A1111's keys hold only word characters, spaces, '-' and '/'."""
+    return re.sub(r"\s*\(.*\)$", "", param.label)
+
+
+def _param_text(value: float | tuple[float, ...]) -> str | float:
+    """A mode setting as A1111 writes numbers; several (FDG's scale per level) separated by commas, quoted."""
+    return ", ".join(repr(float(v)) for v in value) if isinstance(value, tuple) else value
+
+
+def _param_value(params: dict[str, str], param: Param) -> Any:
+    key = a1111_key(param)
+    if not param.length:
+        return _a1111_number(params, key, param.name, int if param.integer else float)
+    try:
+        return [float(v) for v in params[key].split(",")]
+    except ValueError:
+        raise RequestError(param.name, f"A1111 {key!r} must be numbers separated by commas, got "
+                                       f"{params[key][:60]!r}") from None
+
+
 def parameters_text(request: GenerationRequest, seed: int, model: str = "") -> str:
     """The `parameters` text for the image made with `seed`, in the layout A1111 writes and parses.
 
     Prompt line(s), then `Negative prompt: ...` when the mode reads one, then one settings line. Keys follow
-    A1111's order; ours come after them, and only where they carry information (`Eta DDIM` only for DDIM).
+    A1111's order; ours come after them, and only where they carry information (`Eta DDIM` only for DDIM): the
+    guidance mode, then its own settings from its table entry (`MAMBO-G alpha: 8.0`), then the rest.
     """
     _check_seed(request, seed)
     params: dict[str, Any] = {
@@ -144,6 +167,7 @@ def parameters_text(request: GenerationRequest, seed: int, model: str = "") -> s
         "Size": f"{request.width}x{request.height}",
         "Model": model or None,
         "Guidance mode": request.mode,
+        **{a1111_key(param): _param_text(getattr(request, param.name)) for param in GUIDANCE_MODES[request.mode].params},
         "Uncond": request.uncond,
         # A1111's key for DDIM's eta; its plain "Eta" means the ancestral samplers' noise, which is another knob.
         "Eta DDIM": request.eta if request.scheduler == "ddim" else None,
@@ -284,6 +308,10 @@ def _from_parameters(text: str) -> tuple[GenerationRequest, int]:
             raise RequestError("scheduler", f"A1111 sampler {params['Sampler']!r} has no counterpart here; "
                                             f"supported: {', '.join(SAMPLER_NAMES.values())}")
         data["scheduler"] = by_label[params["Sampler"]]
+    mode = GUIDANCE_MODES.get(data["mode"])
+    for param in mode.params if mode else ():  # an unknown mode: from_dict names it
+        if a1111_key(param) in params:
+            data[param.name] = _param_value(params, param)
     for key, field in (("Uncond", "uncond"), ("Prompt 2", "prompt_2"), ("Negative prompt 2", "negative_prompt_2")):
         if key in params:
             data[field] = params[key]

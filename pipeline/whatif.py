@@ -226,7 +226,7 @@ def whatif(run_cache: RunCache, step: int, scale: float, mode: str | None = None
     entry = run_cache.entry(step)
     settings = dataclasses.replace(entry.settings, guidance_scale=scale, mode=mode or entry.settings.mode)
     mode_entry = guidance_mode(settings.mode)
-    needs = mode_entry.needs(scale, mode_entry.params_of(settings)) if entry.predictions else ()
+    needs = mode_entry.parts(scale, mode_entry.params_of(settings), step - 1) if entry.predictions else ()
     missing = [part for part in needs if part not in entry.predictions]
     if missing:
         raise RequestError("mode" if mode else "guidance_scale",

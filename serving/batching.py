@@ -241,7 +241,9 @@ class BatchingDenoiser:
         """The run ended (or its caller left): no round waits for it any more."""
         self.gatherer.leave(self.key, self)
 
-    def __call__(self, model_input: Tensor, t: Tensor, conditioning: Conditioning, variant: str = "") -> Tensor:
+    def __call__(self, model_input: Tensor, t: Tensor, conditioning: Conditioning, variant: str = "",
+                 layout=None) -> Tensor:
+        # `layout` is for a local Denoiser's watchers; the loop refuses watchers with a given denoiser
         rows = Rows(model_input, t, conditioning, variant)
         noise, self.chunks, self.shared = self.gatherer.submit(self.key, self, rows, leaving=self._leaving)
         return noise

@@ -122,6 +122,10 @@ TAB_CONTROLS: dict[str, Control] = {
     "lab_size": Control("Lab size", WHOLE, SIZE_RANGE),
     "lab_adherence": Control("Lab prompt adherence", NUMBER, ADHERENCE_RANGE),
     "lab_exact_start": Control("Exact start", FLAG),
+    # the Word maps tab (ui/words_tab.py)
+    "word_seed": Control("Word seed", WHOLE, SEED_RANGE),
+    "word_map_step": Control("Word-map step", WHOLE, (0, STEPS_RANGE[1])),
+    "ablation_step": Control("Ablation step", WHOLE, STEPS_RANGE),
 }
 BY_LABEL: dict[str, str] = {control.label: name for name, control in (CONTROLS | TAB_CONTROLS).items()}
 
@@ -198,7 +202,8 @@ def shown_value(name: str, value: Any) -> Any:
 
 def label_of(field: str) -> str:
     """The label a person sees for a control or request field (the field itself if it has none)."""
-    return FIELD_LABELS.get(field, field)
+    tab = TAB_CONTROLS.get(field)
+    return FIELD_LABELS.get(field) or (tab.label if tab else field)
 
 
 def _kind(value: Any) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import traceback
 
 import gradio as gr
@@ -60,26 +59,17 @@ def gr_error(exc: Exception, labels: dict[str, str] | None = None, memory: str |
     return refused(str(exc)) if isinstance(exc, ValueError) else gr.Error(str(exc), title="Generation failed")
 
 
-class Refusals:
-    """Each session's newest refused value, kept by the server so that the event after a refused one can say
-    which control it was (the page's toast, read back in the browser, could be late or stale)."""
-
-    def __init__(self, kept: int = 1_000) -> None:
-        self.kept, self._lock, self._last = kept, threading.Lock(), {}
-
-    def keep(self, session: str | None, error: gr.Error) -> None:
-        with self._lock:
-            self._last.pop(session or "", None)
-            self._last[session or ""] = error
-            while len(self._last) > self.kept:
-                self._last.pop(next(iter(self._last)))
-
-    def take(self, session: str | None) -> gr.Error | None:
-        with self._lock:
-            return self._last.pop(session or "", None)
+def answers_refusals(fn):
+    """Mark an event's handler as one that says its inputs' refusals itself, in its own outputs: instead of
+    failing before the handler runs, a value that an input refuses (Steps 0, an empty Seed) reaches it as the
+    `Refused` in place of every input (`NamedErrorBlocks.preprocess_data`). Read it with `refusal_in`."""
+    fn.answers_refusals = True
+    return fn
 
 
-REFUSALS = Refusals()
+def refusal_in(*values) -> Refused | None:
+    """The refusal that an `answers_refusals` handler received in place of its inputs, or None."""
+    return next((value for value in values if isinstance(value, Refused)), None)
 
 
 class NamedErrors:
@@ -197,6 +187,15 @@ class NamedErrorBlocks(gr.Blocks):
 
     async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
         try:
+            return await self._preprocess_named(block_fn, inputs, state, explicit_call)
+        except Refused as exc:
+            if not getattr(block_fn.fn, "answers_refusals", False):
+                raise
+            # The handler says it, in the same response (see `answers_refusals`): no second event, no round trip.
+            return [exc] * len(block_fn.inputs)
+
+    async def _preprocess_named(self, block_fn, inputs, state, explicit_call):
+        try:
             return await super().preprocess_data(block_fn, inputs, state, explicit_call)
         except gr.Error:
             raise
@@ -213,15 +212,13 @@ class NamedErrorBlocks(gr.Blocks):
     QUIET = ("describe_", "count_tokens", "follow_seed")
 
     async def process_api(self, block_fn, *args, **kwargs):
-        """Refused values, wherever raised (a control's own check or a handler), are logged in one line and kept
-        for the session (`REFUSALS`)."""
+        """Refused values, wherever raised (a control's own check or a handler), are logged in one line."""
         try:
             return await super().process_api(block_fn, *args, **kwargs)
         except gr.Error as exc:
             if exc.print_exception:
                 raise
             logger.info("refused: %s", exc.message)
-            REFUSALS.keep(kwargs.get("session_hash"), exc)
             fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
             if (getattr(fn, "api_name", None) or "").startswith(self.QUIET):
                 raise Refused(exc.message, getattr(exc, "label", None), exc.title, visible=False) from None

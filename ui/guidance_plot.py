@@ -24,6 +24,7 @@ WHY = {  # why a step predicts no pair (`pipeline.loop.unguided_steps`)
     "zero_init": "the mode's first steps predict zero, with no UNet pass",
     "interval": "outside the guidance interval only ε_c is predicted",
     "scale_one": "at scale 1 (no guidance) only ε_c is predicted",
+    "perturbed_only": "at scale 1 this mode predicts ε_c and its perturbed ε̃_c, not ε_u: there is no CFG vector",
     "scale_zero": "at scale 0 only the baseline's ε is predicted",
     "one_prediction": "this mode predicts one ε per step",
 }

@@ -1,4 +1,4 @@
-"""The page: a header and the four tabs (each built by its own module), and the page-wide style."""
+"""The page: a header and the five tabs (each built by its own module), and the page-wide style."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from .fields import NamedErrorBlocks
 from .handlers import Handlers
 from .invert_tab import build_invert_tab
 from .sweep_tab import build_sweep_tab
+from .words_tab import build_words_tab
 
 CACHE_LIFETIME = (600, 3600)  # every 10 min, delete streamed frames older than 1 h: each frame is a file
 # Page-wide style, injected into <head> (Gradio 6 takes `css` only in launch(), which the app and each test call).
@@ -52,6 +53,11 @@ CSS = """
 /* The final PNGs are for downloading: a plain box, not the dashed drop zone of an upload. */
 #downloads, #downloads * { border-style: solid !important; }
 #downloads .wrap { min-height: 0; }
+/* Word maps tab: its galleries as tall as their rows, and whole captions ("red / lue · 4.0% of attention"). */
+#word-maps .fixed-height, #word-maps .grid-wrap, #word-ablation .fixed-height, #word-ablation .grid-wrap {
+  height: auto !important; min-height: 0 !important; max-height: none !important; }
+#word-maps .caption-label, #word-ablation .caption-label { white-space: normal; overflow: visible;
+  text-overflow: clip; max-width: calc(100% - 8px); }
 /* Distribution tab: the samples gallery as tall as its mosaics (Gradio fixes an auto-height gallery at >= 450 px). */
 #lab-samples .grid-wrap { min-height: 0 !important; max-height: none !important; }
 #title h2 { margin: 0 0 4px 0; }
@@ -124,6 +130,8 @@ def build_demo(handlers: Handlers, banner: str = "", default_size: int = 1024) -
                 build_invert_tab(handlers, view, tabs, start_latents, explore)
             with gr.Tab("Distribution", id="distribution"):
                 build_distribution_tab(handlers, default_size)
+            with gr.Tab("Word maps", id="words"):
+                build_words_tab(handlers, view.control_list())
         wire_explore(demo, explore, view, start_latents)
         demo.load(None, js=ACCEPT_DROPPED_PNG, api_visibility="private", queue=False)
     return demo

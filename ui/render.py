@@ -39,16 +39,9 @@ CONTROL_INFO = {
     "uncond": "What 'unconditional' means: SDXL's all-zero embeddings, or the encoded empty prompt.",
 }
 SCALE_LABEL = "Guidance scale"  # the control's label (ui.controls); a mode with its own scale adds its symbol
-# Per mode, the controls it does not read, and why (shown in place of their info line, and greyed out).
-UNUSED_BY_MODE = {
-    "negative_direction": {"uncond": "the negative direction prompt's prediction is the baseline"},
-    "cond_only": {"guidance_scale": "one prediction, nothing to scale",
-                  "uncond": "no baseline is computed"},
-    "uncond_only": {"prompt": "only the baseline is predicted", "prompt_2": "only the baseline is predicted",
-                    "guidance_scale": "one prediction, nothing to scale"},
-    "weighted": {"prompt": "the weighted prompts below are the text", "prompt_2": "the weighted prompts below are the text",
-                 "guidance_scale": "the weights are the scales"},
-}
+# Per mode, the controls it does not read, and why (its table entry's `unused`: shown in place of their info line,
+# and greyed out).
+UNUSED_BY_MODE = {mode.name: dict(mode.unused) for mode in GUIDANCE_MODES.values() if mode.unused}
 # Deterministic is not mode-seeking: eta 0 sets the image by the starting noise alone, eta 1 adds fresh noise each
 # step; both sample the model's distribution (the probability-flow ODE and DDPM, Song et al. 2020), and neither
 # finds its most likely image. Guidance is what concentrates samples on the prompt's likeliest images.
@@ -77,6 +70,23 @@ FIELD_LABELS = {
     "negative_prompt": "Negative direction prompt",
     "negative_prompt_2": "Negative direction prompt 2",
 }
+
+
+def unavailable_info(unavailable: dict[str, str]) -> str | None:
+    """The Guidance mode control's info line where this model cannot run some modes (PAG and SEG in the toy
+    world), saying which and why; None where it runs them all."""
+    if not unavailable:
+        return None
+    names = " and ".join(mode_label(name) for name in unavailable)
+    reasons = sorted(set(unavailable.values()))
+    return f"⊘ {names}: not available for this model, greyed out: {'; '.join(reasons)}."
+
+
+def unavailable_css(unavailable: dict[str, str]) -> str:
+    """Greys out the Guidance mode choices this model cannot run, and keeps them from being picked (Generate
+    would refuse them anyway, saying why). Gradio's radio options carry their label in `data-testid`."""
+    rules = [f'#ctl-mode label[data-testid="{mode_label(name)}-radio-label"]' for name in unavailable]
+    return (f"{', '.join(rules)} {{ opacity: 0.45; pointer-events: none; text-decoration: line-through; }}")
 
 
 def formula(mode: str) -> str:
@@ -175,6 +185,17 @@ def scale_table(scales: list[float]) -> pd.DataFrame:
 SCALE_PLOT = "Guidance scale per step"  # in CFG's s: a mode with its own scale plots the CFG scale it equals
 
 
+def scale_plot_title(mode: str, scale: float | None) -> str:
+    """The schedule plot's title: s per step, or where a mode's own scale equals a CFG scale per step (CFG++'s λ,
+    its `Scale.equivalent`), that ω_t, for the λ it holds (while that λ is one Generate takes)."""
+    own = GUIDANCE_MODES[mode].scale if mode in GUIDANCE_MODES else None
+    if own is None or own.equivalent is None:
+        return SCALE_PLOT
+    low, high = own.range
+    held = f" = {scale:g}" if isinstance(scale, (int, float)) and low <= scale <= high else ""
+    return f"Equivalent CFG scale ω_t per step, for {own.symbol}{held}"
+
+
 def equivalent_line(request, symbol: str, omegas: list[float]) -> str:
     """Why the plot shows ω_t, not the mode's own scale (CFG++: Chung et al. 2024, written as CFG)."""
     scheduler = SCHEDULER_TABLE[request.scheduler].label
@@ -248,6 +269,12 @@ def _off_data_reason(request) -> str:
 
     if request.init_image is not None and img2img_start(request.steps, request.strength) >= request.steps:
         return "strength 0 denoises nothing, so this is the start image itself"
+    if request.mode == "autoguidance":
+        # At the last, nearly clean steps the blurred-data denoiser takes the sample's leftover noise for part of
+        # the picture (within its blur) while the exact one removes it: their difference is that noise, reversed.
+        return ("autoguidance's step away from the weak model: near the end the blurred-data denoiser keeps the "
+                "sample's leftover noise as part of the picture, the exact one removes it, and "
+                "x̂₀ + s_a (x̂_c − x̂_weak) pushes that difference further, off the item")
     if GUIDANCE_MODES[request.mode].guided and request.guidance_scale not in (0.0, 1.0):
         return ("guidance extrapolated past the data: where its two predictions pick different items, "
                 "x̂₀ = x̂_u + s (x̂_c − x̂_u) lands beyond both, so shapes fuse and colours saturate")

@@ -31,9 +31,9 @@ class Part:
 
     `variant` names a model variant for this pass ("" is the plain UNet). It is the declared hook point for
     perturbed-attention guidance (PAG, Ahn et al. 2024, arXiv 2403.17377): a mode asks for
-    `Part(Source.PROMPT, variant="pag")`, and `pipeline.denoiser.Denoiser` runs the passes of each variant as
-    their own UNet call with that variant's attention processors. No mode uses one yet; the denoiser refuses
-    a variant it does not know rather than run the plain UNet in its place.
+    `Part(Source.PROMPT, variant="pag:mid")`, and `pipeline.denoiser.Denoiser` runs the passes of each variant
+    as their own UNet call under that variant (modes/pag.py, seg.py, autoguidance.py register theirs); the
+    denoiser refuses a variant it does not know rather than run the plain UNet in its place.
     """
 
     source: Source
@@ -197,12 +197,22 @@ class Mode:
     check: Callable[[Params], tuple[str, str] | None] = _no_problem
     step_rule: StepRule | None = None  # None: the scheduler steps with the guided prediction, as for CFG
     takes_step: bool = False  # True: `combine` also gets the step index (`CombineAtStep`)
+    # True: `needs` also gets the 0-based step index as `step` (None where no step is known), for a mode whose
+    # passes change with the step (SEG: diffusers' guider runs no perturbed pass at its first step)
+    needs_step: bool = False
     scale: Scale | None = None  # None: the guidance scale is CFG's s
+    # Request fields that other modes read and this one does not, each with why: the page greys the control and
+    # says the reason in place of its info line (FDG's per-level scales replace the guidance scale).
+    unused: tuple[tuple[str, str], ...] = ()
 
     @property
     def fields(self) -> tuple[str, ...]:
         """The settings fields this mode's callables see."""
         return tuple(param.name for param in self.params) + self.uses
+
+    def parts(self, scale: float, params: Params, step: int | None = None) -> tuple[Part, ...]:
+        """`needs` at 0-based step `step` (told only to a mode with `needs_step`)."""
+        return self.needs(scale, params, step=step) if self.needs_step else self.needs(scale, params)
 
     def params_of(self, settings: Any, extra: Iterable[str] = ()) -> Params:
         """This mode's view of `settings` (a GenerationRequest or anything with its attributes)."""

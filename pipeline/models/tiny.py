@@ -28,13 +28,15 @@ def tiny_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def _text_config(tokenizer: CLIPTokenizer, projection_dim: int) -> CLIPTextConfig:
+def text_config(tokenizer: CLIPTokenizer, projection_dim: int, hidden_size: int = 32, intermediate_size: int = 37,
+                heads: int = 4, layers: int = 3) -> CLIPTextConfig:
+    """A small CLIP text encoder's config over `tokenizer` (the tiny model's; the toy world's, with its sizes)."""
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=3,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_attention_heads=heads,
+        num_hidden_layers=layers,
         max_position_embeddings=77,
         projection_dim=projection_dim,
         bos_token_id=tokenizer.bos_token_id,
@@ -102,8 +104,8 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tokenizer = tiny_tokenizer()
-        text_encoder = CLIPTextModel(_text_config(tokenizer, projection_dim=32))
-        text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer, projection_dim=32))
+        text_encoder = CLIPTextModel(text_config(tokenizer, projection_dim=32))
+        text_encoder_2 = CLIPTextModelWithProjection(text_config(tokenizer, projection_dim=32))
         unet = tiny_unet(cross_attention_dim=32 + 32, projection_dim=32)
         vae = tiny_vae()
     pipe = StableDiffusionXLPipeline(

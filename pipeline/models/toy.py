@@ -27,9 +27,11 @@ place). An item matches when, for every attribute the prompt names, the item has
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +48,10 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from PIL import Image, ImageDraw
 from tokenizers import AddedToken
 from torch import Tensor, nn
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .sdxl import SDXL_SCHEDULER_CONFIG
-from .tiny import tiny_tokenizer
+from .tiny import text_config, tiny_tokenizer
 
 DEFAULT_SIZE = 256  # px: a 30-step, 4-seed CFG run takes well under 2 s on 2 CPU cores (bench/bench_toy.py)
 
@@ -75,6 +77,10 @@ WORD_THRESHOLD = 0.5  # a word's unit is 1 where the word is and 0 elsewhere
 # How well the toy model learned its prompts (`item_prior`): at 0.5, conditional-only sampling follows the
 # prompt on about half the seeds and CFG at 3 on most (measured in tests/unit/test_adherence.py).
 DEFAULT_ADHERENCE = 0.5
+
+# Autoguidance's weak model in the toy world (`ToyUNet.blurred`): the data blurred by this width (UNet latent
+# units), each item's variance raised by its square. Measured in presets/13-autoguidance.toml's note.
+WEAK_WIDTH = 0.5
 
 # The VAE's colour map: rgb = latent @ LATENT_RGB_FACTORS (UNet latents, pixel values in [-1, 1]). Its columns
 # are three columns of the orthogonal 4x4 Hadamard matrix / 2, so the encoder is its transpose, each latent
@@ -178,19 +184,8 @@ def toy_text_encoder(tokenizer: CLIPTokenizer, with_projection: bool) -> CLIPTex
     and MLP ends in a zero linear layer) leave it equal to the token embedding: word k's unit k, nothing for any
     other token (start, end, padding, unknown words).
     """
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=HIDDEN_SIZE,
-        intermediate_size=HIDDEN_SIZE,
-        num_attention_heads=1,
-        num_hidden_layers=2,
-        max_position_embeddings=77,
-        projection_dim=PROJECTION_DIM,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_act="gelu",
-    )
+    config = text_config(tokenizer, PROJECTION_DIM, hidden_size=HIDDEN_SIZE, intermediate_size=HIDDEN_SIZE, heads=1,
+                         layers=2)
     with torch.random.fork_rng(devices=[]):  # the initial weights are all overwritten below
         model = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
     with torch.no_grad():
@@ -269,6 +264,11 @@ def ideal_epsilon(x_t: Tensor, items: Tensor, allowed: Tensor, alpha_bar: Tensor
     return (x_t - sqrt_a * x0_hat) / (1 - a).sqrt()
 
 
+# id(ToyUNet) -> the blur its weak model adds, per thread: a run's variant pass on one thread never blurs another
+# thread's run of the same UNet (the Distribution lab and Explore share the model).
+_BLUR = threading.local()
+
+
 class ToyUNet(ModelMixin, ConfigMixin):
     """Called exactly as diffusers calls `UNet2DConditionModel`; returns the ideal denoiser's epsilon.
 
@@ -304,6 +304,31 @@ class ToyUNet(ModelMixin, ConfigMixin):
         # Not a buffer: `pipe.to(dtype=float16)` must not round it. Moved to the sample's device as needed.
         self.alphas_cumprod = train.alphas_cumprod  # float32 (1000,), as diffusers keeps it
         self._items: dict[tuple, Tensor] = {}
+
+    @contextlib.contextmanager
+    def blurred(self, width: float = WEAK_WIDTH):
+        """Within it (this thread only) the UNet is the exact denoiser of the *blurred* data: each item's Gaussian
+        widened, its variance raised by width^2, so the mixture's width is sqrt(mixture_width^2 + width^2) and
+        the closed form (`ideal_epsilon`) still holds. That is autoguidance's weak model in the toy world: the
+        same data and prompts, learned worse, as a smaller or less trained network learns it (Karras et al.
+        2024, arXiv 2406.02507, section 3: a weaker model whose errors resemble the main model's, only larger)."""
+        if not width >= 0:
+            raise ValueError(f"width: must be 0 or more, got {width}")
+        blurs = _BLUR.__dict__.setdefault("widths", {})
+        before = blurs.get(id(self))
+        blurs[id(self)] = width
+        try:
+            yield self
+        finally:
+            if before is None:
+                del blurs[id(self)]
+            else:
+                blurs[id(self)] = before
+
+    @property
+    def width(self) -> float:
+        """The mixture width this thread's calls use: the config's, widened by a `blurred` context."""
+        return math.hypot(self.config.mixture_width, _BLUR.__dict__.get("widths", {}).get(id(self), 0.0))
 
     @staticmethod
     def compute_dtype(device: torch.device) -> torch.dtype:
@@ -354,7 +379,7 @@ class ToyUNet(ModelMixin, ConfigMixin):
         adherence = (cross_attention_kwargs or {}).get("prompt_adherence", self.config.prompt_adherence)
         prior = None if _is_one(adherence) else item_prior(allowed, check_adherence(adherence))
         eps = ideal_epsilon(sample.to(dtype).flatten(1), self.items(height, width, sample.device), allowed,
-                            self.alpha_bar(t), self.config.mixture_width, prior)
+                            self.alpha_bar(t), self.width, prior)
         eps = eps.view_as(sample).to(sample.dtype)
         return UNet2DConditionOutput(sample=eps) if return_dict else (eps,)
 

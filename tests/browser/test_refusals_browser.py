@@ -127,3 +127,37 @@ def test_an_empty_seed_is_named_and_outlined(page):
     page.locator("#status").scroll_into_view_if_needed()
     screenshot(page, "refusals-4-empty-seed-phone.png")
     assert not [p for p in page.problems if any(bad in p for bad in BAD_CONSOLE) or "error" in p], page.problems
+
+
+def server_calls(page) -> list[str]:
+    """The event calls the page makes from now on (a queued event joins the queue, one outside it posts to run/)."""
+    calls = []
+    page.on("request", lambda r: calls.append(r.url.split("/gradio_api/")[-1].split("?")[0])
+            if r.method == "POST" and "/gradio_api/" in r.url else None)
+    return calls
+
+
+@pytest.mark.parametrize("label, value, said", [
+    ("Steps", "0", "Steps: must be a whole number from 1 to 200, got 0"),  # refused by the control's own check
+    ("Seed", "", "Seed: is required"),
+])
+def test_a_refusal_marks_its_control_in_generates_own_response(page, label, value, said):
+    """Issue 20: the control is outlined from Generate's own response, with no second call to the server (the
+    page used to ask, in a second event, which control the refusal named)."""
+    field = block(page, label).locator("input[type=number]")
+    field.fill(value)
+    field.blur()
+    page.wait_for_timeout(1000)  # the events that describe the controls as they change, answered before the count
+    calls = server_calls(page)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    wait_for_text(page, "#status", rf"Nothing ran: {said}")
+    page.wait_for_timeout(1500)  # time for a second call, if one were made
+    assert calls == ["queue/join"], calls
+    name = label.lower()
+    assert page.locator(f"#ctl-{name}").evaluate("e => getComputedStyle(e).outlineStyle") == "solid"
+    others = page.evaluate("""(name) => [...document.querySelectorAll('[id^=ctl-]')].filter(e => e.id !== 'ctl-' + name
+        && getComputedStyle(e).outlineStyle === 'solid').map(e => e.id)""", name)
+    assert others == [], others
+    assert page.locator(".toast-message-text").filter(has_text=said).count() >= 1
+    assert page.locator("#status .error, #invalid-style .error").count() == 0  # no output left in an error state
+    screenshot(page, f"refusals-5-one-call-{name}.png")

@@ -11,6 +11,7 @@ from pipeline.metadata import save_png
 from pipeline.presets import load_presets
 from ui import Handlers
 from ui.controls import CONTROL_NAMES
+from ui.fields import refused
 from ui.explore import GROUP_TITLES, PAGE_DEFAULTS, REQUEST_DEFAULTS, Explore
 from ui.invert_tab import NOISE_TARGETS, Inversions
 from ui.streaming import History
@@ -85,6 +86,16 @@ def test_controls_a_mode_ignores_are_marked(explore):
     assert explore.describe_guidance_schedule("cutoff")["visible"] is True
 
 
+def test_fdg_greys_the_guidance_scale_it_ignores(explore):
+    """Issue 20: FDG's per-level scales replace s, so the Guidance scale slider is greyed with the reason, from the
+    mode's table entry (`Mode.unused`), as for the modes that never read it; CFG's is live."""
+    fdg = explore.describe_scale("fdg", 7.5)
+    assert fdg["interactive"] is False
+    assert fdg["info"] == "⊘ Not used by FDG (frequency-decoupled): its scales per level (FDG scales) replace it."
+    assert explore.describe_scale("cfg", 7.5)["interactive"] is True
+    assert not explore.describe_scale("cond_only", 7.5)["interactive"]
+
+
 def test_decomposition_seed_follows_seed(explore):
     assert explore.follow_seed(50, 2, 1) == 50
     assert explore.follow_seed(50, 2, 51) == gr.skip()
@@ -97,6 +108,26 @@ def test_a_refused_value_marks_its_control_and_says_nothing_ran(explore):
     status, style, *groups = explore.explain_invalid(refusal.value.message, refusal.value.label)
     assert status.startswith("**Nothing ran:** Width") and "#ctl-width" in style
     assert opened(groups) == {GROUP_TITLES["size"]}
+
+
+def test_generates_check_marks_a_refusal_in_its_own_response(explore):
+    """Issue 20: Generate's check answers a refusal in its own response (the status, the mark, the groups to open,
+    and no new run token, so nothing runs): the page needs no second event to learn which control it was. A
+    refusal of an input's own check reaches it in place of the inputs (`NamedErrorBlocks.preprocess_data`)."""
+    values = [page_values(width=100)[name] for name in CONTROL_NAMES]
+    with pytest.warns(UserWarning, match="Width: must be a multiple of 8"):  # gr.Warning, outside a page's request
+        status, style, *groups, token = explore.check_and_mark(*values)
+    assert status.startswith("**Nothing ran:** Width: must be a multiple of 8") and "#ctl-width" in style
+    assert opened(groups) == {GROUP_TITLES["size"]} and token == gr.skip()
+    seed = refused("is required", label="Seed")
+    with pytest.warns(UserWarning, match="Seed: is required"):
+        status, style, *_, token = explore.check_and_mark(*[seed] * len(CONTROL_NAMES), init_image=seed,
+                                                          start_latents=seed, fork_path=seed)
+    assert status.startswith("**Nothing ran:** Seed: is required") and "#ctl-seed" in style and token == gr.skip()
+    valid = [page_values(preview="linear")[name] for name in CONTROL_NAMES]
+    status, style, *groups, token = explore.check_and_mark(*valid)
+    assert style == "" and status == gr.skip() and opened(groups) == set()  # a valid run unmarks, then runs:
+    assert token != explore.check_and_mark(*valid)[-1]  # a new token each time, whose change starts it
 
 
 def test_cfg_pp_names_its_scale_lambda_and_says_7_5_is_refused(explore):
@@ -133,3 +164,11 @@ def test_cfg_pp_schedule_plot_is_the_equivalent_cfg_scale(explore, tiny_pipe, sc
     plot, line = explore.describe_schedule(*[page_values(steps=12)[name] for name in CONTROL_NAMES])
     assert list(plot["guidance scale"]) == [7.5] * 12
     assert "ω_t" not in line
+
+
+def test_the_schedule_plot_is_titled_by_what_it_draws(explore):
+    """Issue 20: for CFG++ the plot draws the equivalent CFG scale ω_t, and its title says so (it said "Guidance
+    scale per step"); a λ that Generate would refuse leaves the value out, and CFG's title is s again."""
+    assert explore.describe_scale_plot("cfg_pp", 0.6)["label"] == "Equivalent CFG scale ω_t per step, for λ = 0.6"
+    assert explore.describe_scale_plot("cfg_pp", 7.5)["label"] == "Equivalent CFG scale ω_t per step, for λ"
+    assert explore.describe_scale_plot("cfg", 7.5)["label"] == "Guidance scale per step"

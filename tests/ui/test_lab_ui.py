@@ -122,8 +122,9 @@ def test_perp_neg_runs_with_its_negative_scale(client):
 BASE = {"apg_mix": dict(apg_mix_start_step=0)}
 CHANGED = dict(perp_neg_scale=3.0, apg_eta=1.0, apg_momentum=0.5, apg_norm_threshold=0.5, zero_init_steps=2,
                mag_alpha=0.05, apg_mix_start_step=2, apg_mix_eta=1.0, apg_mix_momentum=0.5, apg_mix_norm_threshold=0.05,
-               fdg_scales="12, 3")
-ARRIVES = {"fdg_scales": (12.0, 3.0)}  # what a text control's value becomes in the request, where it differs
+               fdg_scales="12, 3", pag_scale=6.0, pag_layers="1, 0, 1", seg_scale=6.0, seg_blur_sigma=1.5,
+               auto_scale=4.0)
+ARRIVES = {"fdg_scales": (12.0, 3.0), "pag_layers": (1.0, 0.0, 1.0)}  # what a text control's value becomes in the request, where it differs
 
 
 def test_every_mode_parameter_reaches_the_run_through_the_api(client):

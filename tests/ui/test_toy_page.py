@@ -170,3 +170,35 @@ def test_img2img_says_the_toy_snaps_and_offers_a_data_item(toy_client):
     start = toy_client.predict(256, 256, api_name="/start_item")
     image = Image.open(start["path"] if isinstance(start, dict) else start).convert("RGB")
     assert image.size == (256, 256) and image.getpixel((85, 85)) == (40, 90, 225)  # the big blue square, top left
+
+
+def test_pag_and_seg_are_greyed_out_in_the_toy_with_the_reason(toy_app, toy_client):
+    """Their variant perturbs attention layers, which the toy's exact denoiser has none of: the Guidance mode
+    control says so and greys the two choices out; asked for anyway (API, link), Generate refuses by label."""
+    demo, _ = toy_app
+    mode = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Guidance mode")
+    assert "PAG (perturbed attention) and SEG (smoothed energy)" in mode.info and "no attention layers" in mode.info
+    styles = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "unavailable-modes-style"]
+    assert len(styles) == 1
+    for label in ("PAG (perturbed attention)", "SEG (smoothed energy)"):
+        assert f'label[data-testid="{label}-radio-label"]' in styles[0].head
+    assert "Autoguidance" not in styles[0].head  # the toy's weak model is the blurred-data denoiser
+    job = toy_client.submit(prompt="red circle", mode="pag", steps=2, num_seeds=1, api_name="/generate")
+    with pytest.raises(Exception, match="Guidance mode.*no attention layers"):
+        list(job)
+        raise job.exception()
+
+
+def test_an_autoguidance_image_off_the_data_says_why(toy_pipe):
+    """Autoguidance at s = 1 is no extrapolation between ε_u and ε_c, nor too few steps: the note names the weak
+    model's step (preset 13's seeds all end 1.5 latent units off their items)."""
+    from pipeline import GenerationRequest
+    from pipeline.models.toy import landings
+
+    req = GenerationRequest(prompt="red circle", mode="autoguidance", guidance_scale=1.0, steps=30, seeds=(1,),
+                            width=256, height=256, prompt_adherence=0.5)
+    from pipeline import generate
+
+    landed = landings(toy_pipe, list(generate(toy_pipe, req))[-1].pred_x0)
+    note = render.landing_note(landed, req.seeds, req)
+    assert "not a data item" in note and "step away from the weak model" in note and "too few steps" not in note

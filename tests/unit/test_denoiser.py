@@ -35,11 +35,11 @@ def test_inversion_goes_through_the_denoisers_micro_batching(tiny_pipe, monkeypa
 
 
 def test_denoiser_refuses_a_variant_it_does_not_know(tiny_pipe):
-    """A pass asking for a model variant (PAG's, later) is refused, never run on the plain UNet instead."""
+    """A pass asking for a model variant no mode registered is refused, never run on the plain UNet instead."""
     denoiser = Denoiser(tiny_pipe)
     conditioning = Conditioning(torch.zeros(1, 77, 64), torch.zeros(1, 32), torch.zeros(1, 6))
     with pytest.raises(ValueError, match="variant: the denoiser knows"):
-        denoiser(torch.zeros(1, 4, 8, 8), torch.tensor(999), conditioning, "pag")
+        denoiser(torch.zeros(1, 4, 8, 8), torch.tensor(999), conditioning, "sharpened")
 
 
 @pytest.mark.parametrize("scheduler", ["euler", "ddim"])
@@ -106,3 +106,42 @@ def test_a_real_unet_takes_one_timestep_per_row(tiny_pipe):
     for row in range(3):
         alone = Denoiser(tiny_pipe)(x[row:row + 1], t[row], cond.rows(slice(row, row + 1)))
         torch.testing.assert_close(together[row:row + 1], alone, **CHUNKED_TOL)
+
+
+@pytest.mark.parametrize("variant", ["pag", "pag:mid", "pag:down,up", "seg", "seg:1.5", "autoguidance"])
+def test_a_variant_pass_changes_the_prediction_and_leaves_the_unet_as_it_was(tiny_pipe, variant):
+    """Each perturbed-model variant (issue 22) changes what the UNet predicts, and only inside its pass: the plain
+    call after it is bit-identical to the one before (diffusers' hooks are taken off again)."""
+    denoiser = Denoiser(tiny_pipe)
+    g = torch.Generator().manual_seed(0)
+    conditioning = Conditioning(torch.randn(2, 77, 64, generator=g), torch.randn(2, 32, generator=g),
+                                torch.tensor([[96.0, 64.0, 0.0, 0.0, 96.0, 64.0]] * 2))
+    sample, t = torch.randn(2, 4, 12, 8, generator=g), torch.tensor(500)
+    before = denoiser(sample, t, conditioning)
+    perturbed = denoiser(sample, t, conditioning, variant)
+    after = denoiser(sample, t, conditioning)
+    assert (perturbed - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, before, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["pag", "seg"])
+def test_attention_variants_are_refused_on_the_toy_with_the_reason(toy_pipe, variant):
+    from pipeline.denoiser import variant_problem
+
+    assert "no attention layers" in variant_problem(toy_pipe.unet, variant)
+    assert variant_problem(toy_pipe.unet, "autoguidance") is None
+
+
+def test_a_variant_pass_is_its_own_call_and_goes_through_micro_batching(tiny_pipe, monkeypatch):
+    """PAG (issue 22): per step one call for [eps_u; eps_c] and one for the perturbed eps_c, each cut into
+    one-row calls under a forced chunk of 1, with the same latents (within float32 rounding) as whole calls."""
+    req = GenerationRequest(prompt="an otter", mode="pag", steps=3, seeds=(1, 2), width=64, height=64)
+    with UNetCallCounter(tiny_pipe.unet) as calls:
+        whole = list(denoise(tiny_pipe, req))[-1].latents
+    assert calls.batches == [4, 2] * 3
+    monkeypatch.setenv(CHUNK_ENV, "1")
+    with UNetCallCounter(tiny_pipe.unet) as calls:
+        chunked = list(denoise(tiny_pipe, req))[-1].latents
+    assert calls.batches == [1] * 6 * 3
+    # measured max difference 3.0e-5: one-row matmuls round differently, and s = 7.5 plus s_p = 3 amplify it
+    torch.testing.assert_close(chunked, whole, atol=1e-4, rtol=1e-5)

@@ -7,10 +7,12 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from pipeline import SCHEDULERS, GenerationRequest, RequestError
+from pipeline.guidance import GUIDANCE_MODES
 from pipeline.metadata import (
     PARAMETERS_KEY,
     SAMPLER_NAMES,
     SETTINGS_KEY,
+    a1111_key,
     parameters_text,
     read_settings,
     save_png,
@@ -177,14 +179,49 @@ def test_json_seed_outside_the_request(tmp_path):
     assert info.value.field == "seed"
 
 
-# A1111's text carries no mode's own parameters (the JSON chunk does), so not the fdg request's scales.
-@pytest.mark.parametrize("name", sorted(set(REQUESTS) - {"fdg"}))
+@pytest.mark.parametrize("name", sorted(REQUESTS))
 def test_parameters_alone_read_back_as_a_one_seed_request(tmp_path, name):
     request = REQUESTS[name]
     seed = request.seeds[0]
     path = png_with_chunks(tmp_path / "a1111.png", {PARAMETERS_KEY: parameters_text(request, seed, model="m")})
     single = GenerationRequest.from_dict({**request.to_dict(), "seeds": [seed]})
     assert read_settings(path) == (single, seed)
+
+
+def off_default(param):
+    """A value of `param` that is not its default (one step up, or down where that leaves the range)."""
+    def move(value):
+        up = value + param.step
+        return type(value)(up if up <= param.range[1] else value - param.step)
+    return tuple(move(v) for v in param.default) if param.length else move(param.default)
+
+
+@pytest.mark.parametrize("mode", [mode for mode in GUIDANCE_MODES.values() if mode.params], ids=lambda m: m.name)
+def test_a_modes_own_settings_ride_in_the_a1111_text_and_read_back(tmp_path, mode):
+    """Issue 20: each of the mode's own settings follows `Guidance mode` as a `Key: value` pair named by its page
+    label (A1111 showed none of them), and A1111's text alone reads them back."""
+    request = GenerationRequest(prompt=OTTER, mode=mode.name, seeds=(5,), guidance_scale=0.5 if mode.scale else 7.5,
+                                negative_prompt="water" if "negative_prompt" in mode.reads else "",
+                                **{param.name: off_default(param) for param in mode.params})
+    text = parameters_text(request, 5)
+    line = text.split("\n")[-1]
+    ours = line[line.index(f"Guidance mode: {mode.name}"):]
+    for param in mode.params:
+        assert f"{a1111_key(param)}: " in ours
+    path = png_with_chunks(tmp_path / "a1111.png", {PARAMETERS_KEY: text})
+    assert read_settings(path) == (request, 5)
+
+
+def test_a_tuple_setting_is_quoted_a1111_style():
+    request = GenerationRequest(prompt=OTTER, mode="fdg", fdg_scales=(7.5, 1.0), seeds=(1,))
+    assert 'Guidance mode: fdg, FDG scales: "7.5, 1.0", Uncond: zeros' in parameters_text(request, 1)
+
+
+def test_a_bad_mode_setting_in_a1111_text_names_its_field(tmp_path):
+    text = 'an otter\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Guidance mode: fdg, FDG scales: "7.5, x"'
+    with pytest.raises(RequestError, match="FDG scales") as info:
+        read_settings(png_with_chunks(tmp_path / "a1111.png", {PARAMETERS_KEY: text}))
+    assert info.value.field == "fdg_scales"
 
 
 def test_foreign_a1111_parameters(tmp_path):

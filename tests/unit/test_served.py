@@ -28,7 +28,7 @@ def image_outputs(tiny_pipe, tmp_path_factory):
     blocks = [b for b in demo.blocks.values() if isinstance(b, (gr.Gallery, gr.Image)) and b._id in outputs
               and not (isinstance(b, gr.Image) and b.type == "filepath")]
     assert {b.elem_id for b in blocks} == {"images", "decomposition", "whatif", "sweep-cells", "invert-noise",
-                                           "invert-reconstruction", "lab-samples"}
+                                           "invert-reconstruction", "lab-samples", "word-maps", "word-ablation"}
     return blocks
 
 

@@ -11,9 +11,11 @@ import dataclasses
 import re
 
 import pytest
+import torch
 
 from pipeline import GenerationRequest, generate
-from pipeline.models.toy import DEFAULT_ADHERENCE, WORDS, Item, landings, nearest_items
+from pipeline.guidance.base import COND, UNCOND
+from pipeline.models.toy import DEFAULT_ADHERENCE, WEAK_WIDTH, WORDS, Item, landings, nearest_items
 from pipeline.presets import load_presets
 
 PRESETS = {p.path.stem: p for p in load_presets()}
@@ -146,6 +148,75 @@ def claims_fdg(pipe, r, note):
     assert {(i.colour, i.shape) for i in coarse} == {("red", "circle")} and sizes(coarse) == CFG_RED_CIRCLES
 
 
+def claims_autoguidance(pipe, r, note):
+    says(note, 'the weak model is the exact denoiser of the data blurred by 0.5',
+         'On seeds 1 to 8, "red circle" lands every seed nearest the same data item as Conditional only: red '
+         'circles on seeds 1, 3, 5 and 6, a yellow triangle, two blue triangles and a green square on the others, '
+         'four big and four small', 'Switch to Standard CFG at 7.5, same seeds: eight red circles, six of them big',
+         "every seed's x̂₀ lies 1.5 latent units from its item, beyond the 0.84 within which it would count as one")
+    assert (r.mode, r.guidance_scale, r.auto_scale, r.seeds) == ("autoguidance", 1.0, 1.0, tuple(range(1, 9)))
+    assert WEAK_WIDTH == 0.5
+    request = dataclasses.replace(r, prompt_adherence=DEFAULT_ADHERENCE)
+    spots = landings(pipe, list(generate(pipe, request))[-1].pred_x0)
+    cond = land(pipe, r, mode="cond_only")
+    assert [s.item for s in spots] == cond
+    assert [seed for seed, i in zip(r.seeds, cond) if (i.colour, i.shape) == ("red", "circle")] == [1, 3, 5, 6]
+    assert sorted(f"{i.colour} {i.shape}" for i in cond if (i.colour, i.shape) != ("red", "circle")) == [
+        "blue triangle", "blue triangle", "green square", "yellow triangle"]
+    assert sorted(sizes(cond)) == ["big"] * 4 + ["small"] * 4
+    cfg = land(pipe, r, mode="cfg", guidance_scale=7.5)
+    assert {(i.colour, i.shape) for i in cfg} == {("red", "circle")} and sizes(cfg).count("big") == 6
+    assert all(1.45 < s.distance < 1.55 and not s.on_data for s in spots)  # "1.5"
+    assert round(spots[0].bound, 2) == 0.84
+
+
+def update_ratios(pipe, request: GenerationRequest) -> torch.Tensor:
+    """||eps_c - eps_u|| / ||eps_u|| per step and image, as MAMBO-G reads it."""
+    request = dataclasses.replace(request, prompt_adherence=request.prompt_adherence or DEFAULT_ADHERENCE)
+    ratios = []
+    for event in generate(pipe, request, record=True):
+        cond, uncond = event.record.predictions[COND], event.record.predictions[UNCOND]
+        ratios.append(torch.linalg.vector_norm(cond - uncond, dim=(1, 2, 3))
+                      / torch.linalg.vector_norm(uncond, dim=(1, 2, 3)))
+    return torch.stack(ratios)
+
+
+def small_seeds(seeds, items: list[Item]) -> list[int]:
+    return [seed for seed, i in zip(seeds, items) if i.size == "small"]
+
+
+def claims_mambo_g(pipe, r, note):
+    says(note, 'at most about 1% of the unconditional prediction, so α is 100 here',
+         'at diffusers\' default α = 8 the seeds land exactly where Standard CFG at 15 lands',
+         'On seeds 1 to 8, "green triangle" gives green triangles on every seed, two small (seeds 3 and 4) and six '
+         'big: where Standard CFG at 10 lands', 'Switch the mode to Standard CFG, same seeds: eight big green triangles')
+    assert (r.mode, r.guidance_scale, r.mag_alpha, r.seeds) == ("magnitude_aware", 15.0, 100.0, tuple(range(1, 9)))
+    assert update_ratios(pipe, r).max() < 0.01  # measured: 0.0084
+    mambo = land(pipe, r)
+    assert {(i.colour, i.shape) for i in mambo} == {("green", "triangle")} and small_seeds(r.seeds, mambo) == [3, 4]
+    assert mambo == land(pipe, r, mode="cfg", guidance_scale=10.0)
+    cfg = land(pipe, r, mode="cfg")
+    assert {described(i) for i in cfg} == {"big green triangle"}
+    assert land(pipe, r, mag_alpha=8.0) == cfg
+
+
+def claims_apg_mix(pipe, r, note):
+    says(note, 'On seeds 1 to 8, "circle" gives circles on every seed, two small (seeds 4 and 7) and six big; seed 1 '
+               'a big yellow one', 'Switch the mode to Standard CFG, same seeds: eight big circles, seed 1 still big '
+               'and yellow', 'Set APG mix start step to 0 (APG after the first step): seed 1 too is small, a small red '
+               'circle', 'From start step 6 on (APG from step 7), it lands exactly where Standard CFG lands')
+    assert (r.mode, r.guidance_scale, r.apg_mix_start_step, r.seeds) == ("apg_mix", 20.0, 5, tuple(range(1, 9)))
+    mix = land(pipe, r)
+    assert {i.shape for i in mix} == {"circle"} and small_seeds(r.seeds, mix) == [4, 7]
+    assert described(mix[0]) == "big yellow circle"
+    cfg = land(pipe, r, mode="cfg")
+    assert {i.shape for i in cfg} == {"circle"} and small_seeds(r.seeds, cfg) == []
+    assert described(cfg[0]) == "big yellow circle"
+    early = land(pipe, r, apg_mix_start_step=0)
+    assert small_seeds(r.seeds, early) == [1, 4, 7] and described(early[0]) == "small red circle"
+    assert all(land(pipe, r, apg_mix_start_step=start) == cfg for start in range(6, r.steps))
+
+
 CLAIMS = {
     "01-standard-cfg": claims_standard_cfg,
     "02-reversed-guidance": claims_reversed,
@@ -157,6 +228,9 @@ CLAIMS = {
     "08-tangential-cfg": claims_tangential_cfg,
     "09-cfg-pp": claims_cfg_pp,
     "10-fdg": claims_fdg,
+    "11-mambo-g": claims_mambo_g,
+    "12-apg-mix": claims_apg_mix,
+    "13-autoguidance": claims_autoguidance,
 }
 
 

@@ -46,6 +46,11 @@ class DescribeRoom:
         would refuse the value it holds in this mode: switching to CFG++ at 7.5 says so, rather than clamp it."""
         return gr.update(**render.scale_control(mode, scale if isinstance(scale, (int, float)) else None))
 
+    def describe_scale_plot(self, mode: str, scale: float | None):
+        """The schedule plot's title as the mode reads its scale (CFG++: the equivalent ω_t for its λ); its data
+        stays `describe_schedule`'s, whose API answer is the plot's data alone."""
+        return gr.update(label=render.scale_plot_title(mode, scale))
+
     def describe_guidance_schedule(self, schedule: str):
         """Cutoff shows where the schedule reads it (its registry entry says so: the cutoff schedule's)."""
         entry = SCHEDULE_TABLE.get(schedule)

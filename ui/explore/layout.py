@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from pipeline.loop import unavailable_modes
 from pipeline.models import is_toy
 from pipeline.request import MAX_WEIGHTED_PROMPTS, SIZE_MULTIPLE
 
@@ -64,7 +65,11 @@ def build_explore_tab(explore: Explore, default_size: int) -> ExploreView:
             else:  # a real model has no such setting: the request leaves it None, and the API offers no value
                 c["prompt_adherence"] = gr.State(None)
             out["token_warning"] = gr.Markdown()
-            c["mode"] = _control(FieldRadio, "mode")
+            unavailable = unavailable_modes(explore.pipe)  # PAG and SEG in the toy world: greyed, with why
+            c["mode"] = _control(FieldRadio, "mode", info=render.unavailable_info(unavailable))
+            if unavailable:
+                gr.HTML("", head=f"<style>{render.unavailable_css(unavailable)}</style>", padding=False,
+                        elem_id="unavailable-modes-style")
             out["formula"] = gr.Markdown(render.formula(REQUEST_DEFAULTS["mode"]), latex_delimiters=render.LATEX)
             with gr.Group(visible=False) as out["negative_group"]:
                 gr.Markdown(render.NEGATIVE_PROMPT_NOTE, elem_id="negative-note")
@@ -186,6 +191,7 @@ def build_explore_tab(explore: Explore, default_size: int) -> ExploreView:
     out["before"] = gr.State(None)  # the controls just before a preset, PNG or link replaced them
     # The running job's id, from the first update of its stream: Stop sends it back (see handlers.Jobs).
     out["run_id"] = gr.Textbox(label="Run id", visible=False)
+    out["run_token"] = gr.Textbox(label="Run token", visible=False)  # see `RunRoom.check_and_mark`
     return _view(c, out)
 
 

@@ -23,7 +23,7 @@ from pipeline.uploads import load_image
 
 from .. import render
 from ..controls import BY_LABEL, CONTROL_NAMES, read, request_from_settings
-from ..fields import REFUSALS, gr_error
+from ..fields import Refused, answers_refusals, gr_error, refusal_in
 from ..handlers import gpu, request_gpu_seconds, takes_controls
 from ..streaming import Run, RunInterrupted
 from .defaults import CONTROL_GROUPS, GROUP_TITLES
@@ -119,11 +119,26 @@ class RunRoom:
         except ValueError as exc:
             raise gr_error(exc) from exc
 
-    def explain_refused(self, request: gr.Request) -> tuple:
-        """`explain_invalid` for the session's newest refused value, as the server kept it (`ui.fields.REFUSALS`):
-        the error itself, which carries the label of the control it names."""
-        error = REFUSALS.take(getattr(request, "session_hash", None))
-        return self.explain_invalid(error.message if error else "", getattr(error, "label", None))
+    @answers_refusals
+    def check_and_mark(self, *values: Any, init_image=None, start_latents=None, fork_path=None) -> tuple:
+        """Generate's first event, answered in one response: (status, mark, groups to open, run token).
+
+        Valid controls: the last mark cleared and a new run token, whose change starts the run
+        (`wiring._wire_run`). A refusal (one of the inputs' own, which reaches this in their place, or the
+        request's): the status says nothing ran and why, its control is marked and its group opened, a message
+        says it too, and the token stays, so nothing runs. The event itself succeeds: a failed one would put its
+        outputs, the status among them, in an error state; and no second event asks which control it was."""
+        refusal = refusal_in(*values, init_image, start_latents, fork_path)
+        if refusal is None:
+            try:
+                self.check_run(*values, init_image=init_image, start_latents=start_latents, fork_path=fork_path)
+            except Refused as exc:
+                refusal = exc
+        if refusal is None:
+            return (gr.skip(), "", *(gr.skip() for _ in GROUP_TITLES), uuid.uuid4().hex)
+        logger.info("refused: %s", refusal.message)
+        gr.Warning(refusal.message, title=refusal.title)
+        return (*self.explain_invalid(refusal.message, refusal.label), gr.skip())
 
     def explain_invalid(self, message: str | None, label: str | None = None) -> tuple:
         """After a refused run: the status says nothing ran and why; the control labelled `label` is marked, its

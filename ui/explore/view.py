@@ -78,6 +78,7 @@ class ExploreView:
     fork_path: gr.State  # a restored fork PNG's path (GenerationRequest.forks), replayed by Generate
     before: gr.State  # the controls just before a preset, PNG or link replaced them
     run_id: gr.Textbox  # the running job's id, from the first update of its stream: Stop sends it back
+    run_token: gr.Textbox  # set anew by Generate's check when the controls are valid: its change starts the run
 
     def control_list(self) -> list[Component]:
         """The controls in `CONTROL_NAMES` order, the order every handler takes their values in."""

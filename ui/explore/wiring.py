@@ -23,9 +23,9 @@ QUIET = dict(api_visibility="private", queue=False, show_progress="hidden")
 
 def wire_explore(demo: gr.Blocks, explore: Explore, view: ExploreView, start_latents: gr.State) -> None:
     """The Explore tab's events; `view` comes from `build_explore_tab`."""
-    check, generated = _wire_run(explore, view, start_latents)
-    _wire_whatif(WhatIfPanel(explore), view, check, generated)
-    _wire_refused_and_stop(explore, view, check)
+    checked, generated = _wire_run(explore, view, start_latents)
+    _wire_whatif(WhatIfPanel(explore), view, checked, generated)
+    _wire_stop(explore, view)
     _wire_revisit(explore, view)
     _wire_descriptions(demo, explore, view)
     _wire_start_image(explore, view, start_latents)
@@ -33,32 +33,31 @@ def wire_explore(demo: gr.Blocks, explore: Explore, view: ExploreView, start_lat
 
 
 def _wire_run(explore: Explore, view: ExploreView, start_latents: gr.State) -> tuple:
-    """Generate, checked first. Returns (the check, the run) events."""
+    """Generate, checked first. Returns (the passed check's listener, the run event)."""
     run_inputs = view.control_list() + [view.init_image, start_latents, view.fork_path]
-    # The page checks the controls first, in an event with no outputs: a refused value raises there, so the
-    # last run's images, slider and plot stay as they were instead of turning into error badges. Queued: an
-    # event run outside the queue answers an error with HTTP 500, which the browser logs as a failed request.
-    check = view.generate.click(explore.bound("check_run"), inputs=run_inputs, api_visibility="private",
-                                show_progress="hidden")
-    check.success(lambda: "", outputs=view.invalid_style, **QUIET)
-    generated = check.success(explore.bound("generate"), inputs=run_inputs, outputs=view.run_outputs(),
-                              api_name="generate", concurrency_id="gpu")
-    return check, generated
+    # The page checks the controls first (`check_and_mark`): a refusal is said, and its control marked, in the
+    # check's own response, and the last run's images, slider and plot stay as they were; valid controls get a
+    # new run token, and the token's change runs them.
+    view.generate.click(explore.bound("check_and_mark"), inputs=run_inputs,
+                        outputs=[view.status, view.invalid_style, *view.groups.ordered(), view.run_token],
+                        api_visibility="private", show_progress="hidden")
+    checked = view.run_token.change
+    generated = checked(explore.bound("generate"), inputs=run_inputs, outputs=view.run_outputs(),
+                        api_name="generate", concurrency_id="gpu", trigger_mode="once")  # as a click's run
+    return checked, generated
 
 
-def _wire_refused_and_stop(explore: Explore, view: ExploreView, check) -> None:
-    """A refused value said in the status and its control marked; Stop."""
-    check.failure(explore.explain_refused, outputs=[view.status, view.invalid_style, *view.groups.ordered()],
-                  **QUIET)
+def _wire_stop(explore: Explore, view: ExploreView) -> None:
+    """Stop."""
     # Stop ends the run server-side; the run's own stream then says where it stopped (see RunRoom.stop).
     view.stop.click(explore.stop, inputs=view.run_id, api_name="stop", queue=False)
 
 
-def _wire_whatif(panel: WhatIfPanel, view: ExploreView, check, generated) -> None:
+def _wire_whatif(panel: WhatIfPanel, view: ExploreView, checked, generated) -> None:
     """The what-if panel: cleared once Generate's check passes, refreshed after the run, recombined as its
     sliders or the step slider move, and its forks streamed into Generate's outputs."""
     ui = view.whatif
-    check.success(lambda: ([], RUNNING), outputs=[ui.gallery, ui.summary], **QUIET)
+    checked(lambda: ([], RUNNING), outputs=[ui.gallery, ui.summary], **QUIET)
     generated.then(panel.refresh, inputs=view.history, outputs=ui.refreshed(), **QUIET)
     inputs = [view.history, view.step_slider, ui.scale, ui.mode, view.controls["preview"]]
     # No queue: the recombination is cheap and calls no UNet, so the slider answers as it moves.
@@ -100,6 +99,8 @@ def _wire_descriptions(demo: gr.Blocks, explore: Explore, view: ExploreView) -> 
     gr.on([c["mode"].change, c["guidance_scale"].change], explore.describe_scale,
           inputs=[c["mode"], c["guidance_scale"]], outputs=c["guidance_scale"], api_name="describe_scale",
           show_progress="hidden")
+    gr.on([c["mode"].change, c["guidance_scale"].change], explore.describe_scale_plot,
+          inputs=[c["mode"], c["guidance_scale"]], outputs=view.scale_plot, **QUIET)
     c["guidance_schedule"].change(explore.describe_guidance_schedule, inputs=c["guidance_schedule"],
                                   outputs=c["guidance_cutoff"], api_name="describe_guidance_schedule")
     c["decompose"].change(lambda on: (gr.update(visible=on), gr.update(visible=on)), inputs=c["decompose"],

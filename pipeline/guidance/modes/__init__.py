@@ -6,6 +6,9 @@ To add a mode, add a file here (its name is the mode's name) that holds:
 - `needs(scale, params) -> tuple[Part, ...]`: the predictions it asks for at that scale, in UNet batch order;
 - `combine(preds, scale, params, state) -> Tensor`: its guided prediction from those predictions (with
   `takes_step=True` in its MODE, also `step`, the 0-based step index: `modes/apg_mix.py`);
+- a pass under a model variant (PAG's perturbed attention): a `Part(..., variant="name:arg")` in `needs`, and
+  the variant registered in `pipeline.denoiser.VARIANTS` by the file (`modes/pag.py`; shared parts in
+  `modes/_perturbed.py`); `needs_step=True` in its MODE where its passes change with the step (`modes/seg.py`);
 - `ORDER = <int>`: its place among the modes (the page's choices, the API's list), unique;
 - `MODE = Mode(name, label, formula, needs, combine, params=(Param(...), ...), ...)`: its table entry
   (pipeline/guidance/base.py says what each field means: per-run state, zero-init steps, checks, a step rule).

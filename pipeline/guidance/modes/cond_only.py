@@ -14,4 +14,5 @@ MODE = Mode(
     r"$$\hat\epsilon = \epsilon_c$$ The conditional prediction alone, no guidance (one UNet "
     r"pass per step). The scale is ignored.",
     needs, combine, guided=False,
+    unused=(("guidance_scale", "one prediction, nothing to scale"), ("uncond", "no baseline is computed")),
 )

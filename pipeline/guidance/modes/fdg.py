@@ -108,5 +108,5 @@ MODE = Mode(
     needs, combine,
     params=(Param("fdg_scales", "FDG scales (fine, coarse)", DEFAULT_SCALES, (0.0, 30.0), 0.5,
                   "One guidance scale per pyramid level, the fine details first, as \"10, 5\".", length=2),),
-    check=check,
+    check=check, unused=(("guidance_scale", "its scales per level (FDG scales) replace it"),),
 )

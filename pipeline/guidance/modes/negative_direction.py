@@ -23,4 +23,5 @@ MODE = Mode(
     r"$$\hat\epsilon = \epsilon_n + s\,(\epsilon_c - \epsilon_n)$$ The negative "
     r"prompt's prediction $\epsilon_n$ replaces the baseline: guidance moves towards the prompt and away from it.",
     two(NEGATIVE), combine, reads=("prompt", "negative_prompt"), baseline=NEGATIVE,
+    unused=(("uncond", "the negative direction prompt's prediction is the baseline"),),
 )

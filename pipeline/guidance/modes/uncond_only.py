@@ -14,4 +14,6 @@ MODE = Mode(
     r"$$\hat\epsilon = \epsilon_u$$ The baseline alone: the model's unconditional sample "
     r"(one UNet pass per step). The prompt and scale are ignored.",
     needs, combine, reads=(), guided=False,
+    unused=(("prompt", "only the baseline is predicted"), ("prompt_2", "only the baseline is predicted"),
+            ("guidance_scale", "one prediction, nothing to scale")),
 )

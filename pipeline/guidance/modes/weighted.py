@@ -53,4 +53,6 @@ MODE = Mode(
     r"$$\hat\epsilon = \textstyle\sum_i w_i\,\epsilon_i + (1 - \sum_i w_i)\,\epsilon_u$$ "
     r"Crowson's cfg_sample: each prompt pulls with its weight; one prompt at weight $w$ is CFG at scale $w$.",
     needs, combine, reads=(), uses=("weighted_prompts",), guided=False, check=check,
+    unused=(("prompt", "the weighted prompts below are the text"),
+            ("prompt_2", "the weighted prompts below are the text"), ("guidance_scale", "the weights are the scales")),
 )
