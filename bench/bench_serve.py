@@ -7,17 +7,19 @@
   steps) streamed from a worker (`handle.options(stream=True).run.remote(spec)`, one 1-CPU replica on a local
   cluster) against `generate()` in this process, and against the worker's own loop (`replica_run.payloads`:
   previews decoded and made JPEGs, PNGs at the end) in this process. The difference over the steps is the
-  per-step cost of the worker. A second replica whose same-shape batching waits 0 s for company (the app's
-  replicas wait `worker.BATCH_WAIT_S` per UNet call) separates that wait from the transport.
+  per-step cost of the worker. A second replica without same-shape batching (batches of one) shows that the
+  gatherer costs a lone run nothing.
 - **clients**: `app.py --model toy` twice on free 127.0.0.1 ports: today's single-process queue, and
   `--backend ray --replicas R`. N clients (8, then 16) submit one run each at the same moment through the page's
   API (`/gradio_api/call/generate`, a toy run of `--client-steps` steps, 1 seed, 256 px) and read its stream:
   the makespan (the last client's end) and the p50 / p99 of each client's time to its first preview.
-- **batch**: N same-shape runs at once on one replica, with same-shape batching (batches up to 8, each UNet
-  call waiting `worker.BATCH_WAIT_S` for company as the app's replicas do, or not waiting) against the same
-  replica class with batches of 1. The replica holds bench/common.py's models (the small random SDXL on
-  CPU; SDXL's full-size configs with `--full-size`), so the UNet dominates a step. The batched replica's log
-  says how many runs shared each UNet call.
+- **batch**: N same-shape runs at once on one replica, with the app's same-shape batching (the replica's
+  `Gatherer`: a round closes when every run of the shape in progress has submitted), with the `@serve.batch`
+  batching it replaced (a fixed `--batch-wait-ms` wait for company, 5 ms as before), and with batches of 1; and a
+  run alone on each. The replicas hold bench/common.py's models through the worker's loader hook
+  (`bench_models`: the small random SDXL on CPU; SDXL's full-size configs with `--full-size`), so the UNet
+  dominates a step. The replicas' logs say how many runs shared each UNet call, and why the gatherer's rounds
+  closed.
 
 Wall time throughout: the work is spread over processes. Rounds alternate the variants' order (A B, B A...).
 Ray is optional: without it this says so and exits 0. It starts its own local cluster (`serving.cluster`,
@@ -26,6 +28,7 @@ loopback only) and shuts it down.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import json
 import os
@@ -85,8 +88,8 @@ def stream_part(args) -> list[Comparison]:
     pipe = toy_pipeline()
     taesd = preview_autoencoder(pipe, "toy")
     handle = cluster.start(None, 1, model="toy", device="cpu", num_cpus=2, cpus_per_replica=1)
-    nowait = serve.run(cluster.worker_app("toy", 1, "cpu", cpus_per_replica=1, batch_wait_s=0.0),
-                       name="bench-nowait", route_prefix=None)
+    unbatched = serve.run(cluster.worker_app("toy", 1, "cpu", cpus_per_replica=1, batch_size=1),
+                          name="bench-unbatched", route_prefix=None)
     comparisons = []
     try:
         for steps in args.stream_steps:
@@ -103,7 +106,7 @@ def stream_part(args) -> list[Comparison]:
             assert drain(handle, spec) == steps  # one payload a step, in order (tests/serve checks the order)
             times = interleave({"generate() here": wall(here), "worker loop here": wall(loop_here),
                                 "Serve stream": wall(lambda: drain(handle, spec)),
-                                "Serve stream, no batch wait": wall(lambda: drain(nowait, spec))}, args.repeats)
+                                "Serve stream, unbatched": wall(lambda: drain(unbatched, spec))}, args.repeats)
             medians = {name: statistics.median(values) for name, values in times.items()}
             rows = report(f"stream: toy, {steps} steps, 4 seeds, 256 px, linear previews every step (wall time)",
                           times, [
@@ -111,10 +114,10 @@ def stream_part(args) -> list[Comparison]:
                                          None, "prototype: 1.23 at 30, 1.10 at 100"),
                               Comparison(f"Serve / worker loop here at {steps}", "Serve stream", "worker loop here",
                                          None, "the transport alone"),
-                              Comparison(f"Serve no wait / worker loop at {steps}", "Serve stream, no batch wait",
+                              Comparison(f"Serve unbatched / worker loop at {steps}", "Serve stream, unbatched",
                                          "worker loop here", None),
                           ])
-            for name in ("Serve stream", "Serve stream, no batch wait"):
+            for name in ("Serve stream", "Serve stream, unbatched"):
                 over = (medians[name] - medians["generate() here"]) / steps * 1e3
                 loop = (medians[name] - medians["worker loop here"]) / steps * 1e3
                 print(f"  {name}: {over:+.2f} ms a step over generate(), {loop:+.2f} ms over the worker loop here")
@@ -251,27 +254,61 @@ def clients_part(args) -> list[Comparison]:
 # (c) same-shape batching
 
 
-def bench_worker_class():
-    """`serving.worker.DenoiserWorker` holding bench/common.py's models (random weights) instead of a named model."""
+def bench_models(model: str, device: str, dtype: str, memory: str):
+    """The batch part's replicas' loader (`DenoiserWorker(loader="bench.bench_serve:bench_models")`): bench/common.py's
+    models with random weights, SDXL's full-size configs where `model` is "bench-full"."""
+    models = build_models(device, model == "bench-full")
+    return models.pipe, models.taesd
+
+
+def serve_batch_worker():
+    """The replica as it batched before the gatherer (kept here only to compare, in the same run): each UNet call
+    goes to a `@serve.batch` method that closes a batch at `max_batch_size` or `batch_wait_timeout_s`, and a run
+    alone on the replica calls the UNet at once."""
+    import asyncio
+    import concurrent.futures
+
+    import torch
     from ray import serve
 
-    from serving.worker import MAX_ONGOING, DenoiserWorker
+    from serving.batching import Rows, run_batch
+    from serving.worker import MAX_BATCH, MAX_ONGOING, DenoiserWorker
 
-    class BenchWorker(DenoiserWorker.func_or_class):
-        def __init__(self, device: str, full_size: bool, batch_size: int, batch_wait_s: float) -> None:
-            models = build_models(device, full_size)
-            # The worker loads a model by name, with no hook for a built one. Ray ships this class and its base by
-            # value, with copies of their module globals, so the loader is replaced in the base's own globals
-            # (in this replica's process only).
-            base_init = DenoiserWorker.func_or_class.__init__
-            for cls in type(self).__mro__[1:]:
-                if cls.__name__ == "DenoiserWorker":
-                    base_init = cls.__init__
-            base_init.__globals__["load_worker_models"] = lambda *_: (models.pipe, models.taesd)
-            super().__init__("bench", device, "auto", "auto", None if device.startswith("cuda") else 1,
-                             batch_size=batch_size, batch_wait_s=batch_wait_s)
+    class FixedWaitDenoiser:
+        def __init__(self, worker, device) -> None:
+            self.worker, self.device, self.chunks, self.shared = worker, device, 0, 1
+            self.loop = asyncio.get_running_loop()
+            worker.runs += 1
 
-    return serve.deployment(max_ongoing_requests=MAX_ONGOING)(BenchWorker)
+        def close(self) -> None:
+            self.worker.runs -= 1
+
+        def __call__(self, model_input, t, conditioning, variant: str = "") -> torch.Tensor:
+            rows, w = Rows(model_input, t, conditioning, variant), self.worker
+            if w.runs <= 1:
+                result = run_batch(w.denoiser, [rows], w.lock, w._log)[0]
+            else:
+                result = asyncio.run_coroutine_threadsafe(w._unet_rows(rows), self.loop).result()
+            noise, self.chunks, self.shared = result
+            return noise
+
+    class ServeBatchWorker(DenoiserWorker.func_or_class):
+        def __init__(self, *args, wait_s: float, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.runs = 0
+            self.model_pool = concurrent.futures.ThreadPoolExecutor(1)
+            self._unet_rows.set_max_batch_size(MAX_BATCH)
+            self._unet_rows.set_batch_wait_timeout_s(wait_s)
+
+        @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.005)
+        async def _unet_rows(self, items):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.model_pool, run_batch, self.denoiser, items, self.lock, self._log)
+
+        def _batching(self, key: str):
+            return FixedWaitDenoiser(self, self.device)
+
+    return serve.deployment(max_ongoing_requests=MAX_ONGOING)(ServeBatchWorker)
 
 
 def batch_part(args) -> list[Comparison]:
@@ -281,20 +318,25 @@ def batch_part(args) -> list[Comparison]:
     from serving import cluster
     from serving.protocol import RunSpec
     from serving.security import init_kwargs, serve_start_kwargs
-    from serving.worker import BATCH_WAIT_S, MAX_BATCH
+    from serving.worker import BATCH_TIMEOUT_S, MAX_BATCH, DenoiserWorker
 
     kwargs = init_kwargs()
     cuda = args.device.startswith("cuda")
     ray.init(num_cpus=3, runtime_env=cluster._runtime_env(None), logging_level="WARNING", **kwargs)
     serve.start(**serve_start_kwargs())
-    worker = bench_worker_class()
     # The replicas share the one GPU, or take a core each (3 logical CPUs on 2 cores: one replica works at a time).
     actor = {"num_gpus": 0.3} if cuda else {"num_cpus": 1}
-    wait = BATCH_WAIT_S if args.batch_wait_ms is None else args.batch_wait_ms / 1e3
-    variants = {"batched": (MAX_BATCH, wait), "batched, no wait": (MAX_BATCH, 0.0), "unbatched": (1, 0.0)}
-    handles = {label: serve.run(worker.options(name=f"bench-{i}", ray_actor_options=actor).bind(
-                   args.device, args.full_size, size, wait), name=f"bench-{i}", route_prefix=None)
-               for i, (label, (size, wait)) in enumerate(variants.items())}
+    wait = args.batch_wait_ms / 1e3
+    before = f"serve.batch {args.batch_wait_ms:g} ms"
+    model = "bench-full" if args.full_size else "bench-small"
+    common = dict(threads=None if cuda else 1, loader="bench.bench_serve:bench_models")
+    apps = {"gatherer": DenoiserWorker.options(ray_actor_options=actor).bind(model, args.device, **common),
+            before: serve_batch_worker().options(ray_actor_options=actor).bind(model, args.device, wait_s=wait,
+                                                                               **common),
+            "unbatched": DenoiserWorker.options(ray_actor_options=actor).bind(model, args.device, batch_size=1,
+                                                                              **common)}
+    handles = {label: serve.run(app, name=f"bench-{i}", route_prefix=None)
+               for i, (label, app) in enumerate(apps.items())}
     n = args.batch_runs
     specs = [RunSpec(request(args, seeds=tuple(range(1 + i * args.seeds, 1 + (i + 1) * args.seeds))),
                      preview="linear", preview_every=args.steps) for i in range(n)]
@@ -307,20 +349,30 @@ def batch_part(args) -> list[Comparison]:
         alone = {f"1 run, {label}": wall(lambda h=h: drain(h, specs[0])) for label, h in handles.items()}
         together = {f"{n} runs, {label}": wall(lambda h=h: runs_at_once(h)) for label, h in handles.items()}
         times = interleave({**together, **alone}, args.repeats)
-        logs = {label: [calls for _, calls, _ in handles[label].unet_log.remote().result()]
-                for label in ("batched", "batched, no wait")}
+        logs, rounds = {}, []
+        for label in ("gatherer", before):  # one more, untimed, round of N runs: its UNet calls alone
+            skip = len(handles[label].unet_log.remote().result())
+            skip_rounds = len(handles[label].rounds.remote().result())
+            runs_at_once(handles[label])
+            logs[label] = [calls for _, calls, _ in handles[label].unet_log.remote().result()[skip:]]
+            if label == "gatherer":
+                rounds = handles[label].rounds.remote().result()[skip_rounds:]
         rows = report(f"batch: {n} same-shape runs at once on one replica ({args.size} px, {args.steps} steps, "
                       f"{args.seeds} seed(s) each; wall time)", times, [
-                          Comparison(f"{n} runs: batched / unbatched", f"{n} runs, batched", f"{n} runs, unbatched",
+                          Comparison(f"{n} runs: gatherer / unbatched", f"{n} runs, gatherer", f"{n} runs, unbatched",
                                      None, "on CPU the gain is small (issue 21)"),
-                          Comparison(f"{n} runs: batched, no wait / unbatched", f"{n} runs, batched, no wait",
-                                     f"{n} runs, unbatched", None, "batches of whatever waits while the UNet runs"),
-                          Comparison("1 run: batched / unbatched", "1 run, batched", "1 run, unbatched", None,
-                                     f"a lone run's wait for company ({wait * 1e3:g} ms a UNet call)"),
+                          Comparison(f"{n} runs: {before} / unbatched", f"{n} runs, {before}",
+                                     f"{n} runs, unbatched", None, "before: a fixed wait for company"),
+                          Comparison("1 run: gatherer / unbatched", "1 run, gatherer", "1 run, unbatched", None,
+                                     "a lone run never waits"),
+                          Comparison(f"1 run: {before} / unbatched", f"1 run, {before}", "1 run, unbatched", None),
                       ])
         for label, joined in logs.items():
-            print(f"  {label} replica: {len(joined)} UNet calls logged, {statistics.mean(joined):.2f} runs a call "
-                  f"on average, at most {max(joined)}")
+            print(f"  {label} replica, one more round of {n} runs: {len(joined)} UNet calls for {sum(joined)} runs' "
+                  f"calls, {statistics.mean(joined):.2f} runs a call on average, at most {max(joined)}")
+        whys = collections.Counter(why for _, _, why in rounds)
+        print(f"  its gatherer rounds closed: {dict(whys)} (all: every run of the shape in progress had submitted; "
+              f"full: {MAX_BATCH} calls; timeout: after {BATCH_TIMEOUT_S * 1e3:g} ms)")
         return rows
     finally:
         cluster.shutdown()
@@ -335,8 +387,9 @@ def main(argv: list[str] | None = None) -> list[Comparison]:
     p.add_argument("--client-steps", type=int, default=30, help="steps of each client's toy run (default 30)")
     p.add_argument("--replicas", type=int, default=2, help="replicas of the Ray app in the clients part (default 2)")
     p.add_argument("--batch-runs", type=int, default=8, help="same-shape runs at once in the batch part (default 8)")
-    p.add_argument("--batch-wait-ms", type=float, default=None,
-                   help="how long the batched replica's UNet calls wait for company (default: the app's, 5 ms)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="the fixed wait of the @serve.batch replica the gatherer is compared with "
+                        "(default 5, as before)")
     args = p.parse_args(argv)
     if args.size is None and not args.full_size:
         args.size = 128  # the batch part's small SDXL on CPU: 8 runs at 512 px take minutes on 2 busy cores

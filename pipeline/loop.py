@@ -226,6 +226,7 @@ class _UNetBatch:
             raise ValueError("watchers: they look inside a local Denoiser's UNet call; a given denoiser has none")
         self.pipe, self.lanes, self.time_ids = pipe, lanes, time_ids
         self.denoiser = denoiser or Denoiser(pipe, chunk, watchers)
+        self.watchers = tuple(watchers)
         self.conditioning: dict[tuple, Conditioning] = {}
         self.chunks = 0
 
@@ -254,7 +255,7 @@ class _UNetBatch:
 
     def _layout(self, group: tuple[tuple[int, Part], ...], plans: list[StepPlan]) -> Layout | None:
         """Which rows of a call hold which lane's part, per seed: what the denoiser's watchers read."""
-        if not self.denoiser.watchers:
+        if not self.watchers:  # a given denoiser (a Ray Serve replica's) has none
             return None
         starts = itertools.accumulate((self.lanes[k].batch for k, _ in group), initial=0)
         return Layout(plans[0].step, tuple(Block(k, part, self.lanes[k].request.seeds, start)

@@ -43,12 +43,13 @@ def page_concurrency(replicas: int, max_queued: int = MAX_QUEUED) -> int:
 
 def worker_app(model: str = "toy", replicas: int = 1, device: str = "auto", dtype: str = "auto",
                memory: str = "auto", cpus_per_replica: float = 1, max_queued: int = MAX_QUEUED,
-               batch_wait_s: float | None = None):
+               batch_size: int | None = None, batch_timeout_s: float | None = None, loader=None):
     """The Serve application: `replicas` workers, each with one GPU where the cluster has GPUs (and `device`
-    allows), else `cpus_per_replica` CPUs."""
+    allows), else `cpus_per_replica` CPUs. `loader`: the workers' model loader instead of loading `model` by name
+    (`worker.resolve_loader`: a picklable callable or a "module:function" path, called in each replica)."""
     import ray
 
-    from .worker import BATCH_WAIT_S, DenoiserWorker
+    from .worker import BATCH_TIMEOUT_S, MAX_BATCH, DenoiserWorker
 
     gpus = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
     use_gpu = device.startswith("cuda") or (device == "auto" and gpus)
@@ -57,13 +58,16 @@ def worker_app(model: str = "toy", replicas: int = 1, device: str = "auto", dtyp
     return DenoiserWorker.options(num_replicas=replicas, ray_actor_options=actor,
                                   max_queued_requests=max_queued).bind(
         model, "cuda" if use_gpu and device == "auto" else device, dtype, memory, threads,
-        batch_wait_s=BATCH_WAIT_S if batch_wait_s is None else batch_wait_s)
+        batch_size=MAX_BATCH if batch_size is None else batch_size,
+        batch_timeout_s=BATCH_TIMEOUT_S if batch_timeout_s is None else batch_timeout_s, loader=loader)
 
 
 def start(address: str | None, replicas: int, *, model: str = "toy", device: str = "auto", dtype: str = "auto",
           memory: str = "auto", num_cpus: int | None = None, cpus_per_replica: float = 1,
-          max_queued: int = MAX_QUEUED, batch_wait_s: float | None = None, reuse: bool = True):
-    """A handle to the workers' application: started here (`address` None: a local cluster) or joined."""
+          max_queued: int = MAX_QUEUED, batch_size: int | None = None, batch_timeout_s: float | None = None,
+          loader=None, reuse: bool = True):
+    """A handle to the workers' application: started here (`address` None: a local cluster) or joined.
+    `loader`: see `worker_app`."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from .security import init_kwargs, serve_start_kwargs
 
@@ -82,7 +86,8 @@ def start(address: str | None, replicas: int, *, model: str = "toy", device: str
     if address is not None and reuse and APP_NAME in serve.status().applications:
         logger.info("Using the workers already deployed on %s (application %r)", address, APP_NAME)
         return serve.get_app_handle(APP_NAME)
-    app = worker_app(model, replicas, device, dtype, memory, cpus_per_replica, max_queued, batch_wait_s)
+    app = worker_app(model, replicas, device, dtype, memory, cpus_per_replica, max_queued, batch_size,
+                     batch_timeout_s, loader)
     try:
         return serve.run(app, name=APP_NAME, route_prefix=None)
     except Exception as exc:  # Serve's own error carries the replica's traceback: keep its last line, the reason

@@ -102,6 +102,13 @@ def _record(event: StepEvent) -> bytes:
     return pack(slim)
 
 
+def _finishing(denoiser, step: int, total: int) -> None:
+    """Before the run's last step: a batching denoiser stops counting it in its shape's group, so the others'
+    rounds do not wait for it during its final decode (`batching.BatchingDenoiser.finishing`)."""
+    if step == total - 1 and hasattr(denoiser, "finishing"):
+        denoiser.finishing()
+
+
 def payloads(pipe, taesd, spec: RunSpec, lock: ModelLock, stop: threading.Event, model_name: str = "",
              denoiser=None, on_step: Callable[[], None] = lambda: None) -> Iterator[dict]:
     """The run `spec` asks for, one payload per step; ends early once `stop` is set (checked between steps).
@@ -137,6 +144,7 @@ def payloads(pipe, taesd, spec: RunSpec, lock: ModelLock, stop: threading.Event,
                 if is_toy(pipe):
                     payload["landed"] = landings(pipe, event.pred_x0)
             payload["elapsed"] = time.perf_counter() - start
+            _finishing(denoiser, event.step, event.total)
             yield payload
     finally:
         events.close()
@@ -154,6 +162,7 @@ def cell_payloads(pipe, requests: list, stop: threading.Event, denoiser=None,
                 return
             on_step()
             payload = {"step": step[0].step, "total": step[0].total}
+            _finishing(denoiser, step[0].step, step[0].total)
             if step[0].is_final:
                 buffers = [io.BytesIO() for _ in step]
                 for event, buffer in zip(step, buffers):

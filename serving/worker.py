@@ -7,7 +7,13 @@ is a plain generator (`replica_run.payloads`) pulled one step at a time on a wor
 `next(gen, sentinel)` (an exhausted generator pulled without a default would hang the thread pool's future).
 
 Several runs share a replica: their model steps take the replica's `ModelLock`, and their UNet calls go through
-`_unet_rows`, a `@serve.batch` method that joins same-shape rows into one call (`batching`).
+the replica's `batching.Gatherer`, which joins the rows of the same-shape runs in progress here into one call as
+soon as each of them has submitted (not `@serve.batch`: its fixed wait cannot know which runs will come; see
+`Gatherer` and the README's "Same-shape batching" for the numbers).
+
+The model comes from `load_worker_models` (a model name, as app.py loads it) or from `loader`, a callable or an
+importable "module:function" path taking the same `(model, device, dtype, memory)` and returning
+`(pipe, taesd)`: a model built in code (bench/bench_serve.py's random SDXL, a test's tiny model).
 
 This module imports ray: only `--backend ray` and `serve run` load it. No `from __future__ import annotations`:
 Serve reads the annotations of deployment classes at run time.
@@ -17,17 +23,19 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import importlib
 import logging
 import os
 import threading
 import uuid
+from typing import Callable
 
 import torch
 from ray import serve
 
 from pipeline.denoiser import Denoiser, execution_device
 
-from .batching import BatchingDenoiser, Rows, run_batch
+from .batching import BatchingDenoiser, Gatherer, run_batch
 from .protocol import RunSpec
 from .replica_run import ModelLock, cell_payloads, payloads
 
@@ -36,7 +44,9 @@ logger = logging.getLogger("cfg_explorer.serving")
 APP_NAME = "cfg-explorer"
 MAX_ONGOING = 8  # runs one replica interleaves; at least the batch size, or batches never fill (issue 21)
 MAX_BATCH = 8
-BATCH_WAIT_S = 0.005  # how long a lone UNet call waits for company: small against a real UNet step (~100 ms)
+# The most a round of UNet calls waits for a same-shape run that is in progress here but has not submitted (a
+# safety net: rounds close when every such run has submitted; a lone run never waits). About one real UNet step.
+BATCH_TIMEOUT_S = 0.1
 _END = object()
 
 
@@ -58,33 +68,39 @@ def load_worker_models(model: str, device: str, dtype: str, memory: str):
     return pipe, preview_autoencoder(pipe, model)
 
 
+def resolve_loader(loader: "str | Callable | None") -> Callable:
+    """The worker's model loader: `load_worker_models`, a callable, or an importable "module:function" path."""
+    if loader is None:
+        return load_worker_models
+    if callable(loader):
+        return loader
+    module, sep, name = str(loader).partition(":")
+    if not sep or not module or not name:
+        raise WorkerLoadError(f"loader: expected 'module:function' or a callable, got {loader!r}")
+    return getattr(importlib.import_module(module), name)
+
+
 @serve.deployment(max_ongoing_requests=MAX_ONGOING, max_queued_requests=64)
 class DenoiserWorker:
     def __init__(self, model: str = "toy", device: str = "auto", dtype: str = "auto", memory: str = "auto",
-                 threads: int | None = None, batch_size: int = MAX_BATCH, batch_wait_s: float = BATCH_WAIT_S):
+                 threads: int | None = None, batch_size: int = MAX_BATCH, batch_timeout_s: float = BATCH_TIMEOUT_S,
+                 loader: "str | Callable | None" = None):
         if threads:  # Ray sets one torch thread for a 1-CPU replica; a CPU replica given more uses them
             torch.set_num_threads(threads)
-        self.pipe, self.taesd = load_worker_models(model, device, dtype, memory)
+        self.pipe, self.taesd = resolve_loader(loader)(model, device, dtype, memory)
         self.model_name = model
         self.lock = ModelLock()
         self.lock.install(self.pipe, self.taesd)
         self.device = execution_device(self.pipe)
         self.denoiser = Denoiser(self.pipe)  # the one plain UNet call that batches go through
-        # Runs pull their steps on their own pool; the batched UNet calls run on another, so runs waiting for a
-        # batch can never hold every thread the batch itself needs.
+        # Each run (or sweep batch) pulls its steps on its own thread; the thread that closes a round of UNet calls
+        # runs it, so no pool of its own is needed.
         self.run_pool = concurrent.futures.ThreadPoolExecutor(MAX_ONGOING, thread_name_prefix="cfg-run")
-        self.model_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cfg-unet")
         self.steps: dict[str, int] = {}  # run tag -> steps its model ran (tests count a stopped run's steps)
         self.unet_calls: collections.deque = collections.deque(maxlen=2000)  # (key, runs joined, rows) per call
-        self.active = 0  # runs and sweep batches streaming now
-        self._unet_rows.set_max_batch_size(batch_size)
-        self._unet_rows.set_batch_wait_timeout_s(batch_wait_s)
+        self.gatherer = Gatherer(lambda items: run_batch(self.denoiser, items, self.lock, self._log),
+                                 max_batch=batch_size, timeout_s=batch_timeout_s)
         logger.info("worker ready: %s on %s (pid %d)", model, self.device, os.getpid())
-
-    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def _unet_rows(self, items: list[Rows]) -> list[tuple[torch.Tensor, int, int]]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.model_pool, run_batch, self.denoiser, items, self.lock, self._log)
 
     def _log(self, key, calls: int, rows: int) -> None:
         self.unet_calls.append((key, calls, rows))
@@ -94,18 +110,9 @@ class DenoiserWorker:
         """Registers a shape key on this replica, so that Serve routes the next runs of that shape here."""
         return key
 
-    def _batching(self) -> BatchingDenoiser:
-        """A run's UNet call, through this replica's batch (from the run's thread onto the replica's event loop,
-        where the batch gathers). A run alone on the replica calls the UNet at once: waiting for company that
-        cannot come would add `batch_wait_s` to every step."""
-        loop = asyncio.get_running_loop()
-
-        def submit(rows: Rows):
-            if self.active <= 1:
-                return run_batch(self.denoiser, [rows], self.lock, self._log)[0]
-            return asyncio.run_coroutine_threadsafe(self._unet_rows(rows), loop).result()
-
-        return BatchingDenoiser(submit, self.device)
+    def _batching(self, key: str) -> BatchingDenoiser:
+        """A run's UNet call, through this replica's gatherer; the run counts as in progress from now on."""
+        return BatchingDenoiser(self.gatherer, key, self.device)
 
     def _counter(self, tag: str):
         tag = tag or uuid.uuid4().hex
@@ -122,24 +129,31 @@ class DenoiserWorker:
         if key:
             await self._shape(key)
         stop = threading.Event()
-        gen = payloads(self.pipe, self.taesd, spec, self.lock, stop, self.model_name, self._batching(),
+        denoiser = self._batching(key or spec.shape_key())
+        gen = payloads(self.pipe, self.taesd, spec, self.lock, stop, self.model_name, denoiser,
                        self._counter(spec.tag))
-        async with contextlib.aclosing(self._pulled(gen, stop)) as pulled:  # closed with this one: on a cancel too
-            async for payload in pulled:
-                yield payload
+        try:
+            async with contextlib.aclosing(self._pulled(gen, stop)) as pulled:  # closed with this one: on a cancel too
+                async for payload in pulled:
+                    yield payload
+        finally:  # the end, an error or the caller's cancel: no round waits for this run any more
+            denoiser.close()
 
     async def cells(self, requests: list, tag: str = ""):
         """Stream a sweep's batch of same-shape cells (`replica_run.cell_payloads`); a cancel stops it in a step."""
         stop = threading.Event()
-        gen = cell_payloads(self.pipe, requests, stop, self._batching(), self._counter(tag))
-        async with contextlib.aclosing(self._pulled(gen, stop)) as pulled:  # closed with this one: on a cancel too
-            async for payload in pulled:
-                yield payload
+        denoiser = self._batching(RunSpec(requests[0]).shape_key())
+        gen = cell_payloads(self.pipe, requests, stop, denoiser, self._counter(tag))
+        try:
+            async with contextlib.aclosing(self._pulled(gen, stop)) as pulled:  # closed with this one: on a cancel too
+                async for payload in pulled:
+                    yield payload
+        finally:
+            denoiser.close()
 
     async def _pulled(self, gen, stop: threading.Event):
         """`gen`'s items, each pulled on a run thread; on the end, an error or the caller's cancel, `stop` is set."""
         pending = None
-        self.active += 1
         try:
             while True:
                 pending = self.run_pool.submit(next, gen, _END)
@@ -148,7 +162,6 @@ class DenoiserWorker:
                     return
                 yield payload
         finally:  # the end, an error, or the caller's cancel: no step after the one in flight
-            self.active -= 1
             stop.set()
             if pending is not None:  # close the generator on a pool thread once its step is done
                 pending.add_done_callback(lambda _: self.run_pool.submit(gen.close))
@@ -164,7 +177,12 @@ class DenoiserWorker:
         return dict(self.steps)
 
     async def unet_log(self) -> list[tuple]:
+        """(rows key, runs joined, rows) per UNet call."""
         return [(tuple(key), calls, rows) for key, calls, rows in self.unet_calls]
+
+    async def rounds(self) -> list[tuple]:
+        """(shape key, calls, why it closed: "all", "full" or "timeout") per round of the gatherer."""
+        return list(self.gatherer.flushes)
 
 
 def app_builder(args: dict) -> serve.Application:

@@ -1,6 +1,7 @@
 """Same-shape runs share UNet calls on a replica and end exactly as they would alone; shapes never mix."""
 
 import concurrent.futures
+import time
 
 import torch
 
@@ -69,3 +70,61 @@ def test_mixed_shapes_on_the_cluster_keep_their_own_results(handle, toy_pipe):
     for request, payloads in zip(requests, results):
         assert unpack(payloads[-1]["record"]).latents.equal(in_process(toy_pipe, request)[-1].latents)
         assert all(p["shared"] <= 2 for p in payloads)  # at most the two runs of its own shape
+
+
+def rounds(handle, key: str) -> list[tuple[int, str]]:
+    """(calls, why it closed) of each round of the shape `key` on the replica that holds that shape. (Asked again
+    while empty: the router learns a replica's shapes a moment after its first run, and meanwhile asks either.)"""
+    for _ in range(40):
+        log = handle.options(multiplexed_model_id=key).rounds.remote().result()
+        if found := [(calls, why) for shape, calls, why in log if shape == key]:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"no replica logged a round of {key}")
+
+
+def test_runs_started_together_share_their_unet_calls(handle):
+    """Two same-shape runs started at once meet in (nearly) every UNet call, even where one does more between its
+    calls (previews and records of 8 seeds every step) than the other: each counts in its shape's group from its
+    start, and a round closes when both have submitted. (The `@serve.batch` replica, with its fixed 5 ms wait, met
+    them in 1.50 runs a call: measured.)"""
+    def spec(seeds, every: int) -> RunSpec:
+        return RunSpec(toy_request(steps=30, seeds=seeds, width=256, height=256), preview_every=every,
+                       record_every=every)
+
+    specs = [spec(tuple(range(1, 9)), 1), spec((10,), 30)]
+    key = specs[0].shape_key()
+    stream(handle, spec((9,), 30))  # the shape is now registered on one replica
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda spec: stream(handle, spec), specs))
+    shared = [p["shared"] for payloads in results for p in payloads]
+    assert len(shared) == 60 and sum(shared) / len(shared) >= 1.8, shared
+    assert all(why != "timeout" for _, why in rounds(handle, key))
+
+
+def test_a_lone_run_never_waits_for_company(handle):
+    """Each UNet call of a run alone on its shape closes its round at once: one call, closed because every run of
+    the shape had submitted, never by the safety-net timeout."""
+    spec = RunSpec(toy_request(steps=11, seeds=(5,)))
+    assert all(p["shared"] == 1 for p in stream(handle, spec))
+    assert rounds(handle, spec.shape_key()) == [(1, "all")] * 11
+
+
+def test_a_stopped_run_does_not_stall_another_run_of_its_shape(handle):
+    """A run whose caller cancels leaves its shape's group at once: the other run's rounds stop waiting for it (a
+    round that did would wait the 2 s safety net, every step)."""
+    steps = 150
+    key = RunSpec(toy_request(steps=steps)).shape_key()
+    stream(handle, RunSpec(toy_request(steps=steps, seeds=(9,))))  # registers the shape on one replica: both go there
+    shape = handle.options(stream=True, multiplexed_model_id=key)
+    stopped = shape.run.remote(RunSpec(toy_request(steps=steps, seeds=(1,))))
+    next(stopped)
+    other = shape.run.remote(RunSpec(toy_request(steps=steps, seeds=(2,))))
+    payloads = [next(other) for _ in range(5)]
+    assert max(p["shared"] for p in payloads[1:]) == 2  # they do meet
+    stopped.cancel()
+    started = time.perf_counter()
+    payloads += list(other)
+    assert payloads[-1]["step"] == steps and time.perf_counter() - started < 60
+    assert payloads[-1]["shared"] == 1
+    assert all(why != "timeout" for _, why in rounds(handle, key))

@@ -145,3 +145,33 @@ def test_a_variant_pass_is_its_own_call_and_goes_through_micro_batching(tiny_pip
     assert calls.batches == [1] * 6 * 3
     # measured max difference 3.0e-5: one-row matmuls round differently, and s = 7.5 plus s_p = 3 amplify it
     torch.testing.assert_close(chunked, whole, atol=1e-4, rtol=1e-5)
+
+
+class _CountingDenoiser:
+    """A given denoiser as a Ray Serve replica passes one: the Denoiser's call, `device` and `chunks`, and no
+    `watchers` attribute (the loop must not ask it for one)."""
+
+    def __init__(self, pipe) -> None:
+        self.inner = Denoiser(pipe)
+        self.device, self.chunks, self.calls = self.inner.device, 0, 0
+
+    def __call__(self, model_input, t, conditioning, variant="", layout=None):
+        self.calls += 1
+        noise = self.inner(model_input, t, conditioning, variant)
+        self.chunks = self.inner.chunks
+        return noise
+
+
+def test_a_given_denoiser_makes_every_unet_call_and_gives_the_same_latents(toy_pipe):
+    req = GenerationRequest(prompt="red circle", steps=4, seeds=(1, 2), width=64, height=64)
+    plain = list(denoise(toy_pipe, req))[-1].latents
+    given = _CountingDenoiser(toy_pipe)
+    through = list(denoise(toy_pipe, req, denoiser=given))[-1].latents
+    assert given.calls == 4
+    torch.testing.assert_close(through, plain, atol=0, rtol=0)
+
+
+def test_watchers_and_a_given_denoiser_are_refused_together(toy_pipe):
+    req = GenerationRequest(prompt="red circle", steps=2, seeds=(1,), width=64, height=64)
+    with pytest.raises(ValueError, match="watchers"):
+        list(denoise(toy_pipe, req, denoiser=_CountingDenoiser(toy_pipe), watchers=[object()]))
