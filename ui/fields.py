@@ -168,6 +168,9 @@ class FieldImage(NamedErrors, gr.Image):
             return super().preprocess(payload)
         except gr.Error:
             raise
+        except FileNotFoundError:  # the upload was pruned from the bounded cache (ui/storage.py) before it was used
+            raise refused("the uploaded file is no longer on the server (its cache keeps only the newest files): "
+                          "upload it again", label=self.label) from None
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a file that is not an image
             raise refused(f"is not an image this app can read ({type(exc).__name__})", label=self.label) from None
 

@@ -168,3 +168,18 @@ def test_a_tuple_param_round_trips_through_the_page_and_a_link():
     values, problems = settings_from_query(dict(parse_qsl(query_from_settings({"fdg_scales": settings["fdg_scales"]}))))
     assert not problems and values["fdg_scales"] == (7.5, 2.0)
     assert request_from_settings({**BASE, "mode": "fdg", **values}) == request
+
+
+def test_an_upload_pruned_from_the_cache_is_named_and_says_to_upload_again(tmp_path):
+    """The server's cache keeps only the newest files (ui/storage.py); an upload pruned before its use is refused
+    naming its control, saying what happened, not 'is not an image this app can read (FileNotFoundError)'."""
+    from gradio.data_classes import ImageData
+
+    from ui.fields import FieldImage, Refused
+
+    with gr.Blocks():
+        image = FieldImage(label="Image to invert", type="filepath", image_mode=None)
+    with pytest.raises((Refused, gr.Error)) as raised:
+        image.preprocess(ImageData(path=str(tmp_path / "gone.png"), orig_name="gone.png"))
+    message = str(raised.value)
+    assert "Image to invert" in message and "upload it again" in message, message
