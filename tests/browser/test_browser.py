@@ -250,10 +250,17 @@ def set_slider(page, label: str, value: float) -> None:
     number.fill(str(value))
     number.press("Enter")
     number.blur()
-    # the range input follows once Gradio has taken the value
-    page.wait_for_function(
-        "([el, v]) => Number(el.value) === v", arg=[slider.locator("input[type=range]").element_handle(), value]
-    )
+    # the range input follows once Gradio has taken the value. Found by its selector at every poll, not held as
+    # an element handle: a re-render of the control replaces the element, and a stale handle never follows
+    # (seen once in CI, the Word maps test timing out on Width)
+    selector = f"#{slider.get_attribute('id')} input[type=range]" if slider.get_attribute("id") else None
+    if selector is None:
+        page.wait_for_function(
+            "([el, v]) => Number(el.value) === v", arg=[slider.locator("input[type=range]").element_handle(), value]
+        )
+        return
+    page.wait_for_function("([s, v]) => { const el = document.querySelector(s); return el && Number(el.value) === v }",
+                           arg=[selector, value])
 
 
 def choose(page, label: str, choice: str) -> None:

@@ -94,11 +94,23 @@ def test_runs_started_together_share_their_unet_calls(handle):
 
     specs = [spec(tuple(range(1, 9)), 1), spec((10,), 30)]
     key = specs[0].shape_key()
-    stream(handle, spec((9,), 30))  # the shape is now registered on one replica
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda spec: stream(handle, spec), specs))
-    shared = [p["shared"] for payloads in results for p in payloads]
-    assert len(shared) == 60 and sum(shared) / len(shared) >= 1.8, shared
+    means = []
+    # Serve's router learns which replica holds a shape asynchronously (the replica reports its multiplexed ids to
+    # the controller, which pushes them to the router): under load a pair sent right after the warm-up run may
+    # still be split over the two replicas, and then nothing can be shared (seen once in CI: every call 1). So
+    # up to three tries, each after a warm-up and a second for the router; the gatherer's pair meets in >= 1.8
+    # runs a call on a try that reaches one replica, the old @serve.batch's in 1.50.
+    for _ in range(3):
+        stream(handle, spec((9,), 30))  # the shape is now registered on one replica
+        time.sleep(1.0)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda spec: stream(handle, spec), specs))
+        shared = [p["shared"] for payloads in results for p in payloads]
+        assert len(shared) == 60
+        means.append(sum(shared) / len(shared))
+        if means[-1] >= 1.8:
+            break
+    assert means[-1] >= 1.8, means
     assert all(why != "timeout" for _, why in rounds(handle, key))
 
 
