@@ -9,12 +9,13 @@ from typing import Any
 import gradio as gr
 
 from pipeline.distribution import AXES, MAX_SCALES
+from pipeline.loop import unavailable_modes
 
 from . import distribution_render as draw
 from .controls import TAB_CONTROLS
 from .distribution_tab import (AXIS_LABELS, NO_AXIS, NO_TARGET, OUTPUTS, TOY_MIN_SEEDS, TOY_SIZE, Distributions,
                                progress_html)
-from .render import CONTROL_INFO, MODE_CHOICES, SCHEDULER_CHOICES
+from .render import CONTROL_INFO, MODE_CHOICES, SCHEDULER_CHOICES, not_offered_info
 from .served import ServedGallery
 from .fields import FieldCheckbox, FieldDropdown, FieldRadio, FieldSlider, FieldTextbox
 
@@ -98,7 +99,10 @@ def build_distribution_tab(handlers, default_size: int = 1024) -> Distributions:
                                        "guidance (conditional only).")
             with gr.Row():
                 # The Explore page's labels for the same choices (the modes table's, the schedulers'), not ids.
-                c["mode"] = FieldDropdown(MODE_CHOICES, value="cfg", label="Lab guidance mode")
+                # modes this model cannot run (PAG and SEG in the toy world) are not offered, and the line says why
+                unavailable = unavailable_modes(handlers.pipe)
+                c["mode"] = FieldDropdown([(label, name) for label, name in MODE_CHOICES if name not in unavailable],
+                                          value="cfg", label="Lab guidance mode", info=not_offered_info(unavailable))
                 c["scheduler"] = FieldDropdown(SCHEDULER_CHOICES, value="euler", label="Lab scheduler")
             with gr.Row():
                 c["eta"] = _slider("lab_eta", 0.0, step=0.05, info="DDIM's noise: 0 deterministic, 1 like DDPM.")

@@ -189,6 +189,17 @@ def test_pag_and_seg_are_greyed_out_in_the_toy_with_the_reason(toy_app, toy_clie
         raise job.exception()
 
 
+def test_the_lab_does_not_offer_pag_and_seg_in_the_toy_and_says_why(toy_app):
+    """The Distribution tab's mode list leaves out what the toy cannot run, with the reason on the control (a run
+    with them would only be refused); autoguidance stays."""
+    demo, _ = toy_app
+    lab_mode = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Lab guidance mode")
+    offered = [value for _, value in lab_mode.choices]
+    assert "pag" not in offered and "seg" not in offered and {"cfg", "autoguidance"} <= set(offered)
+    assert "PAG (perturbed attention) and SEG (smoothed energy) not offered" in lab_mode.info
+    assert "no attention layers" in lab_mode.info
+
+
 def test_an_autoguidance_image_off_the_data_says_why(toy_pipe):
     """Autoguidance at s = 1 is no extrapolation between ε_u and ε_c, nor too few steps: the note names the weak
     model's step (preset 13's seeds all end 1.5 latent units off their items)."""
