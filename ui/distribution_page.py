@@ -15,7 +15,7 @@ from . import distribution_render as draw
 from .controls import TAB_CONTROLS
 from .distribution_tab import (AXIS_LABELS, NO_AXIS, NO_TARGET, OUTPUTS, TOY_MIN_SEEDS, TOY_SIZE, Distributions,
                                progress_html)
-from .render import CONTROL_INFO, MODE_CHOICES, SCHEDULER_CHOICES, not_offered_info
+from .render import CONTROL_INFO, MODE_CHOICES, SCHEDULER_CHOICES, mode_label
 from .served import ServedGallery
 from .fields import FieldCheckbox, FieldDropdown, FieldRadio, FieldSlider, FieldTextbox
 
@@ -74,6 +74,14 @@ class LabResults:
     def outputs(self) -> list[Any]:
         """In `OUTPUTS` order, the order of the run handler's updates."""
         return [getattr(self, name) for name in OUTPUTS]
+
+
+def not_offered_info(unavailable: dict[str, str]) -> str | None:
+    """The lab's mode list's info line where this model cannot run some modes and the list leaves them out."""
+    if not unavailable:
+        return None
+    names = " and ".join(mode_label(name) for name in unavailable)
+    return f"{names} not offered: {'; '.join(sorted(set(unavailable.values())))}."
 
 
 def build_distribution_tab(handlers, default_size: int = 1024) -> Distributions:

@@ -82,14 +82,6 @@ def unavailable_info(unavailable: dict[str, str]) -> str | None:
     return f"⊘ {names}: not available for this model, greyed out: {'; '.join(reasons)}."
 
 
-def not_offered_info(unavailable: dict[str, str]) -> str | None:
-    """A mode list's info line where this model cannot run some modes and the list leaves them out."""
-    if not unavailable:
-        return None
-    names = " and ".join(mode_label(name) for name in unavailable)
-    return f"{names} not offered: {'; '.join(sorted(set(unavailable.values())))}."
-
-
 def unavailable_css(unavailable: dict[str, str]) -> str:
     """Greys out the Guidance mode choices this model cannot run, and keeps them from being picked (Generate
     would refuse them anyway, saying why). Gradio's radio options carry their label in `data-testid`."""
