@@ -42,7 +42,6 @@ def toy_browser(output_dir):
     import pipeline.presets
     import ui
     from pipeline.models import ToyPreviewDecoder
-    from playwright.sync_api import sync_playwright
     from ui import render
 
     pipe = pipeline.toy_pipeline()
@@ -50,6 +49,15 @@ def toy_browser(output_dir):
                            presets=pipeline.presets.load_presets(), output_dir=output_dir)
     demo = ui.build_demo(handlers, banner=render.banner("toy", None),
                          default_size=pipe.default_sample_size * pipe.vae_scale_factor)
+    with in_chromium(demo) as (browser, url):
+        yield browser, url
+
+
+@contextmanager
+def in_chromium(demo):
+    """`demo` served on a free local port, and a Chromium to visit it: yields (browser, url)."""
+    from playwright.sync_api import sync_playwright
+
     demo.queue()
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)

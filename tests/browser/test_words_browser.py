@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from tests.browser import test_browser
-from tests.browser.test_browser import (CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, block, configure, free_port, open_group,
+from tests.browser.test_browser import (TIMEOUT_MS, block, configure, open_group,
                                         set_number, set_slider, set_text, wait_for_text)
-from tests.browser.test_toy_browser import toy_browser
+from tests.browser.test_toy_browser import in_chromium, toy_browser
 
 pytestmark = test_browser.pytestmark
 SHOTS = Path(os.environ.get("WORDS_SHOTS") or test_browser.SCREENSHOTS)
@@ -38,23 +38,11 @@ def tiny_browser(output_dir):
     """The app on the tiny random SDXL, in-process, and a Chromium: yields (browser, url)."""
     import pipeline
     import ui
-    from playwright.sync_api import sync_playwright
 
     handlers = ui.Handlers(pipeline.tiny_pipeline(0), taesd=pipeline.tiny_taesd(), model_name="tiny",
                            output_dir=output_dir)
-    demo = ui.build_demo(handlers, default_size=64)
-    demo.queue()
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                yield browser, f"http://127.0.0.1:{port}/"
-            finally:
-                browser.close()
-    finally:
-        demo.close()
+    with in_chromium(ui.build_demo(handlers, default_size=64)) as (browser, url):
+        yield browser, url
 
 
 def open_tab(browser, url: str):
